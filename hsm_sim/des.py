@@ -12,8 +12,8 @@ key means single DES and a 16-byte key means two-key TDES. Both are expanded to 
 from __future__ import annotations
 
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
-from cryptography.hazmat.primitives.cmac import CMAC
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.cmac import CMAC
 
 __all__ = [
     "adjust_key_parity",

@@ -172,7 +172,11 @@ class AesKeyUsage(enum.IntEnum):
 
 
 AES_KSN_LENGTH = 12
-_AES_KEY_ALGORITHMS = {16: DukptAlgorithm.AES_128, 24: DukptAlgorithm.AES_192, 32: DukptAlgorithm.AES_256}
+_AES_KEY_ALGORITHMS = {
+    16: DukptAlgorithm.AES_128,
+    24: DukptAlgorithm.AES_192,
+    32: DukptAlgorithm.AES_256,
+}
 
 
 def _aes_algorithm_of(key: bytes) -> DukptAlgorithm:
@@ -182,9 +186,7 @@ def _aes_algorithm_of(key: bytes) -> DukptAlgorithm:
         raise ValueError(f"AES DUKPT key must be 16, 24 or 32 bytes, got {len(key)}") from None
 
 
-def _derive_aes(
-    derivation_key: bytes, usage: int, algorithm: DukptAlgorithm, tail: bytes
-) -> bytes:
+def _derive_aes(derivation_key: bytes, usage: int, algorithm: DukptAlgorithm, tail: bytes) -> bytes:
     """X9.24-3 key derivation: one AES block per 128 bits of output, block counter from 1."""
     blocks = -(-algorithm.key_bits // 128)
     output = b""

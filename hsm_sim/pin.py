@@ -112,7 +112,9 @@ def generate_ibm3624_offset(
 ) -> str:
     """IBM 3624 PIN offset: (customer PIN - natural PIN) digit by digit, modulo 10."""
     _check_decimal(pin, "PIN")
-    natural = generate_ibm3624_natural_pin(pvk, validation_data, decimalisation_table, len(pin), pad)
+    natural = generate_ibm3624_natural_pin(
+        pvk, validation_data, decimalisation_table, len(pin), pad
+    )
     return "".join(str((int(p) - int(n)) % 10) for p, n in zip(pin, natural, strict=True))
 
 

@@ -148,7 +148,9 @@ def _decode_pin_field(field: bytes, control: int, fill: str | None) -> str:
         raise PinBlockError(f"control field is {nibbles[0]}, expected {control:X}")
     pin_length = int(nibbles[1], 16)
     if not PIN_LENGTH_MIN <= pin_length <= PIN_LENGTH_MAX:
-        raise PinBlockError(f"PIN length {pin_length} is outside {PIN_LENGTH_MIN}..{PIN_LENGTH_MAX}")
+        raise PinBlockError(
+            f"PIN length {pin_length} is outside {PIN_LENGTH_MIN}..{PIN_LENGTH_MAX}"
+        )
     pin = nibbles[2 : 2 + pin_length]
     if not pin.isdigit():
         raise PinBlockError(f"PIN digits contain a non-decimal nibble: {pin!r}")
