@@ -19,6 +19,7 @@ __all__ = [
     "generate_ibm3624_offset",
     "generate_ibm3624_pin_from_offset",
     "generate_visa_pvv",
+    "generate_visa_pvv_account",
     "verify_visa_pvv",
 ]
 
@@ -62,6 +63,17 @@ def generate_visa_pvv(pvk: bytes, pan: str, pvki: int, pin: str) -> str:
         raise ValueError(f"PIN length {len(pin)} is outside {PIN_LENGTH_MIN}..{PIN_LENGTH_MAX}")
     tsp = pan[-12:-1] + str(pvki) + pin[:4]
     return decimalise_visa(encrypt_tdes_ecb(pvk, bytes.fromhex(tsp)), PVV_LENGTH)
+
+
+def generate_visa_pvv_account(pvk: bytes, account: str, pvki: int, pin: str) -> str:
+    """Visa PVV from the 12-digit account field of a Thales command (PAN without check digit).
+
+    The account already excludes the check digit, so its 11 rightmost digits enter the TSP.
+    """
+    if len(account) != 12:
+        raise ValueError(f"account number must be 12 digits, got {len(account)}")
+    # Appending any digit as a stand-in check digit lets the PAN rule pick the same 11 digits.
+    return generate_visa_pvv(pvk, account + "0", pvki, pin)
 
 
 def verify_visa_pvv(pvk: bytes, pan: str, pvki: int, pin: str, pvv: str) -> bool:

@@ -32,6 +32,7 @@ __all__ = [
     "decipher_pinblock_iso_4",
     "decode_pan_field_iso_4",
     "decode_pin_field_iso_4",
+    "decode_pinblock_ibm_3624",
     "decode_pinblock_iso_0",
     "decode_pinblock_iso_0_account",
     "decode_pinblock_iso_1",
@@ -43,6 +44,7 @@ __all__ = [
     "encipher_pinblock_iso_4",
     "encode_pan_field_iso_4",
     "encode_pin_field_iso_4",
+    "encode_pinblock_ibm_3624",
     "encode_pinblock_iso_0",
     "encode_pinblock_iso_0_account",
     "encode_pinblock_iso_1",
@@ -273,6 +275,29 @@ def decipher_pinblock_iso_3(key: bytes, block: bytes, pan: str) -> str:
     if len(block) != 8:
         raise PinBlockError(f"PIN block must be 8 bytes, got {len(block)}")
     return decode_pinblock_iso_3(decrypt_tdes_ecb(key, block), pan)
+
+
+def encode_pinblock_ibm_3624(pin: str) -> bytes:
+    """IBM 3624 (Diebold, Thales format code 03) clear block: the PIN, then F padding.
+
+    >>> encode_pinblock_ibm_3624("1234").hex().upper()
+    '1234FFFFFFFFFFFF'
+    """
+    _check_pin(pin)
+    return bytes.fromhex(pin.ljust(16, "F"))
+
+
+def decode_pinblock_ibm_3624(block: bytes) -> str:
+    """PIN from a clear IBM 3624 block: digits up to the first F, all the rest F."""
+    if len(block) != 8:
+        raise PinBlockError(f"PIN block must be 8 bytes, got {len(block)}")
+    nibbles = block.hex().upper()
+    pin = nibbles.split("F", 1)[0]
+    if not pin.isdigit() or not PIN_LENGTH_MIN <= len(pin) <= PIN_LENGTH_MAX:
+        raise PinBlockError(f"IBM 3624 block must start with 4..12 PIN digits, got {pin!r}")
+    if nibbles[len(pin) :] != "F" * (16 - len(pin)):
+        raise PinBlockError("IBM 3624 block padding must be all F after the PIN")
+    return pin
 
 
 def encode_pin_field_iso_4(pin: str, fill: Fill = None) -> bytes:
