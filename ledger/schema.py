@@ -1,0 +1,222 @@
+"""The ledger's tables and its versioned schema migrations (SQLite and PostgreSQL).
+
+Migrations are an ordered list of (version, name, function). ``schema_migrations`` records
+which have run; :func:`migrate` runs the missing ones in order, each in its own transaction.
+A new schema change is a new entry at the end; an applied entry is never edited.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Connection,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    inspect,
+    select,
+)
+
+metadata = MetaData()
+
+schema_migrations = Table(
+    "schema_migrations",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("name", String(100), nullable=False),
+    Column("applied_at", String(32), nullable=False),
+)
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("code", String(80), nullable=False, unique=True),
+    Column("ledger", Integer, nullable=False),
+    Column("flags", Integer, nullable=False),
+    Column("debits_pending", BigInteger, nullable=False, default=0),
+    Column("debits_posted", BigInteger, nullable=False, default=0),
+    Column("credits_pending", BigInteger, nullable=False, default=0),
+    Column("credits_posted", BigInteger, nullable=False, default=0),
+)
+
+transfers = Table(
+    "transfers",
+    metadata,
+    Column("seq", Integer, primary_key=True),
+    Column("id", String(80), nullable=False, unique=True),
+    Column("debit_account_id", Integer, nullable=False, index=True),
+    Column("credit_account_id", Integer, nullable=False, index=True),
+    Column("amount", BigInteger, nullable=False),
+    Column("ledger", Integer, nullable=False),
+    Column("code", Integer, nullable=False),
+    Column("flags", Integer, nullable=False),
+    Column("pending_id", String(80)),
+    Column("user_data", String(200), nullable=False, default=""),
+    Column("transaction_id", Integer, index=True),
+    Column("business_date", String(10), nullable=False),
+    Column("created_at", String(32), nullable=False),
+)
+
+programs = Table(
+    "programs",
+    metadata,
+    Column("code", String(20), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("account_id", Integer, nullable=False),
+)
+
+members = Table(
+    "members",
+    metadata,
+    Column("id", String(20), primary_key=True),
+    Column("name", String(200), nullable=False),
+)
+
+cards = Table(
+    "cards",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("member_id", String(20), nullable=False, index=True),
+    Column("pan_hash", String(64), nullable=False, unique=True),
+    Column("pan_encrypted", LargeBinary, nullable=False),
+    Column("pan_masked", String(19), nullable=False),
+    Column("expiry", String(4), nullable=False),  # YYMM
+    Column("service_code", String(3), nullable=False),
+    Column("pvki", Integer, nullable=False),
+    Column("pvv", String(4), nullable=False),
+    Column("state", String(12), nullable=False),  # active | blocked
+    Column("pin_failures", Integer, nullable=False, default=0),
+    Column("daily_amount_max", BigInteger, nullable=False),
+    Column("daily_count_max", Integer, nullable=False),
+    Column("payment_amount_max", BigInteger, nullable=False),
+    Column("pin_tries_max", Integer, nullable=False),
+)
+
+purses = Table(
+    "purses",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("member_id", String(20), nullable=False, index=True),
+    Column("code", String(2), nullable=False),
+    Column("account_id", Integer, nullable=False),
+    Column("program_code", String(20), nullable=False),
+    Column("expires", String(10)),  # YYYY-MM-DD, last day it may pay; NULL never expires
+    UniqueConstraint("member_id", "code"),
+)
+
+purse_kinds = Table(
+    "purse_kinds",
+    metadata,
+    Column("code", String(2), primary_key=True),
+    Column("chains", String(200), nullable=False, default=""),  # comma-separated
+    Column("merchant_ids", Text, nullable=False, default=""),
+    Column("mccs", String(200), nullable=False, default=""),
+    Column("expires", String(10)),
+)
+
+merchants = Table(
+    "merchants",
+    metadata,
+    Column("id", String(15), primary_key=True),
+    Column("name", String(40), nullable=False),
+    Column("mcc", String(4), nullable=False),
+    Column("city", String(40), nullable=False),
+    Column("chain", String(20), nullable=False, default=""),
+    Column("sheba", String(26), nullable=False),
+    Column("payable_account_id", Integer, nullable=False),
+)
+
+terminals = Table(
+    "terminals",
+    metadata,
+    Column("id", String(8), primary_key=True),
+    Column("merchant_id", String(15), nullable=False),
+    Column("key_scheme", String(8), nullable=False),  # tdes | dukpt
+    Column("tmk", String(49), nullable=False, default=""),  # under the LMK
+    Column("tpk", String(49), nullable=False, default=""),
+    Column("tak", String(49), nullable=False, default=""),
+    Column("bdk", String(49), nullable=False, default=""),
+    Column("signed_on", Boolean, nullable=False, default=False),
+)
+
+transactions = Table(
+    "transactions",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("tid", String(8), nullable=False),
+    Column("stan", String(6), nullable=False),
+    Column("transmission", String(10), nullable=False),
+    Column("mti", String(4), nullable=False),
+    Column("kind", String(20), nullable=False),
+    Column("request_digest", String(64), nullable=False),
+    Column("card_id", Integer),
+    Column("merchant_id", String(15)),
+    Column("pan_masked", String(19)),
+    Column("amount", BigInteger, nullable=False, default=0),
+    Column("response_code", String(2), nullable=False),
+    Column("rrn", String(12), nullable=False, default=""),
+    Column("auth_id", String(6), nullable=False, default=""),
+    Column("response_json", Text, nullable=False),
+    Column("business_date", String(10), nullable=False),
+    Column("created_at", String(32), nullable=False),
+    UniqueConstraint("tid", "stan", "transmission", name="uq_transactions_key"),
+)
+
+
+settings = Table(
+    "settings",
+    metadata,
+    Column("key", String(40), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+
+def _v1_initial(connection: Connection) -> None:
+    tables = [
+        accounts,
+        transfers,
+        programs,
+        members,
+        cards,
+        purses,
+        purse_kinds,
+        merchants,
+        terminals,
+        transactions,
+        settings,
+    ]
+    metadata.create_all(connection, tables=tables)
+
+
+MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
+    (1, "initial ledger, merchants, terminals, transactions", _v1_initial),
+]
+
+
+def applied_versions(connection: Connection) -> set[int]:
+    """Versions recorded in ``schema_migrations`` (empty on a new database)."""
+    if not inspect(connection).has_table("schema_migrations"):
+        return set()
+    return set(connection.scalars(select(schema_migrations.c.version)))
+
+
+def run_migration(
+    connection: Connection, version: int, name: str, step: Callable[[Connection], None]
+) -> None:
+    """Run one migration step and record it (inside the caller's transaction)."""
+    step(connection)
+    connection.execute(
+        schema_migrations.insert().values(
+            version=version, name=name, applied_at=datetime.now(UTC).isoformat()
+        )
+    )

@@ -1,0 +1,423 @@
+"""POS simulator: a terminal that builds real messages with real keys and talks to the switch.
+
+Terminal-side code: it holds its own clear keys, as a terminal's secure module does (the demo
+terminals' keys are published test values, see spec/demo-data.md). After a key exchange the new
+working keys are kept in a small state file (``var/pos-state.json`` by default) together with
+the STAN counter and the DUKPT transaction counter, so consecutive commands behave like one
+terminal.
+
+Library use (tests, load generator)::
+
+    terminal = PosTerminal.demo("HNR00004")
+    payload = terminal.purchase(pan="6362149173324546", pin="4321", amount=1_000_000)
+    response = await PosClient.exchange("127.0.0.1", 8583, payload)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from hsm_sim.des import decrypt_tdes_ecb, encrypt_tdes_ecb, kcv_tdes
+from hsm_sim.dukpt import (
+    TdesVariant,
+    derive_ipek,
+    derive_tdes_working_key,
+    derive_transaction_key_from_ipek,
+)
+from hsm_sim.mac import generate_mac_iso9797_1_alg_3
+from hsm_sim.pinblock import encode_pinblock_iso_0
+from ledger import demo
+from switch.codec import Message, decode, encode, encode_for_mac, mac_input
+from switch.dialects import Dialect, get_dialect
+from switch.dialects.base import Framing
+from switch.framing import Framer, frame
+from switch.requests import build_tlv, parse_tlv
+
+DEFAULT_STATE = Path("var") / "pos-state.json"
+
+
+@dataclass
+class TerminalProfile:
+    """What a terminal knows: ids, its merchant's data and its clear keys."""
+
+    tid: str
+    merchant_id: str
+    mcc: str
+    name: str
+    acquirer_id: str = demo.ACQUIRER_ID
+    tmk: str = ""
+    tpk: str = ""
+    tak: str = ""
+    dukpt_ipek: str = ""
+    dukpt_ksn: str = ""  # the KSN of the last transaction (counter included)
+    stan: int = 0
+
+
+@dataclass
+class PosTerminal:
+    """Builds requests and checks responses for one terminal."""
+
+    profile: TerminalProfile
+    dialect: Dialect = field(default_factory=lambda: get_dialect("shetab87"))
+    clock: Any = None  # Callable[[], datetime]; None = now (UTC)
+
+    @classmethod
+    def demo(cls, tid: str, state: dict[str, Any] | None = None) -> PosTerminal:
+        """A demo-data terminal, with saved working keys and counters from ``state``."""
+        terminals = {t.id: t for t in demo.TERMINALS}
+        if tid not in terminals:
+            raise ValueError(f"unknown demo terminal {tid!r}; known: {', '.join(terminals)}")
+        t = terminals[tid]
+        merchant = {m.id: m for m in demo.MERCHANTS}[t.merchant_id]
+        profile = TerminalProfile(
+            tid=t.id,
+            merchant_id=t.merchant_id,
+            mcc=merchant.mcc,
+            name=merchant.name,
+            tmk=t.tmk,
+            tpk=t.tpk,
+            tak=t.tak,
+        )
+        if t.dukpt:
+            ksn = bytes.fromhex(demo.DUKPT_INITIAL_KSN)
+            profile.dukpt_ipek = derive_ipek(bytes.fromhex(demo.BDK_CLEAR), ksn).hex().upper()
+            profile.dukpt_ksn = demo.DUKPT_INITIAL_KSN
+        for key, value in (state or {}).get(tid, {}).items():
+            setattr(profile, key, value)
+        return cls(profile)
+
+    # --- counters ----------------------------------------------------------------------------
+
+    def next_stan(self) -> str:
+        """The next STAN (1..999999, wrapping)."""
+        self.profile.stan = self.profile.stan % 999_999 + 1
+        return f"{self.profile.stan:06d}"
+
+    def _next_ksn(self) -> bytes:
+        value = int(self.profile.dukpt_ksn, 16) + 1
+        self.profile.dukpt_ksn = f"{value:020X}"
+        return bytes.fromhex(self.profile.dukpt_ksn)
+
+    def _now(self) -> datetime:
+        return self.clock() if self.clock is not None else datetime.now(UTC)
+
+    # --- requests ----------------------------------------------------------------------------
+
+    def _base(self, stan: str | None) -> dict[int, str]:
+        now = self._now()
+        return {
+            7: now.strftime("%m%d%H%M%S"),
+            11: stan or self.next_stan(),
+            12: now.strftime("%H%M%S"),
+            13: now.strftime("%m%d"),
+            41: self.profile.tid,
+        }
+
+    def card_request(
+        self,
+        *,
+        processing_code: str,
+        pan: str,
+        pin: str | None,
+        amount: int | None,
+        expiry: str,
+        stan: str | None = None,
+        mti: str = "0200",
+        extra: dict[int, str] | None = None,
+        use_track2: bool = False,
+    ) -> bytes:
+        """A MACed card request (purchase, balance ...) as payload bytes."""
+        fields = self._base(stan)
+        fields.update(
+            {
+                3: processing_code,
+                18: self.profile.mcc,
+                22: "021" if use_track2 else "012",
+                25: "14",
+                32: self.profile.acquirer_id,
+                42: self.profile.merchant_id.ljust(15),
+                49: "364",
+                43: self.profile.name[:40].ljust(40),
+            }
+        )
+        if use_track2:
+            fields[35] = f"{pan}={expiry}101"
+        else:
+            fields[2], fields[14] = pan, expiry
+        if amount is not None:
+            fields[4] = f"{amount:012d}"
+        ksn = self._next_ksn() if self.profile.dukpt_ipek else None
+        if ksn is not None:
+            fields[53] = ksn.hex().upper()
+        if pin is not None:
+            fields[52] = self._pin_block(pin, pan, ksn).hex().upper()
+        fields.update(extra or {})
+        return self.sign(Message(mti, fields))
+
+    def purchase(
+        self,
+        *,
+        pan: str,
+        pin: str | None,
+        amount: int,
+        expiry: str = "2812",
+        stan: str | None = None,
+    ) -> bytes:
+        """A purchase (0200, 000000)."""
+        return self.card_request(
+            processing_code="000000", pan=pan, pin=pin, amount=amount, expiry=expiry, stan=stan
+        )
+
+    def balance(
+        self, *, pan: str, pin: str | None, expiry: str = "2812", stan: str | None = None
+    ) -> bytes:
+        """A balance inquiry (0200, 310000)."""
+        return self.card_request(
+            processing_code="310000", pan=pan, pin=pin, amount=None, expiry=expiry, stan=stan
+        )
+
+    def network(self, code: str, *, stan: str | None = None, mac: bool | None = None) -> bytes:
+        """An 0800 (001 sign-on, 002 sign-off, 101 key exchange, 301 echo)."""
+        fields = self._base(stan)
+        del fields[12], fields[13]
+        fields[70] = code
+        message = Message("0800", fields)
+        if mac or (mac is None and code == "101"):
+            return self.sign(message)
+        return encode(message, self.dialect)
+
+    def sign(self, message: Message) -> bytes:
+        """Encode ``message`` with its MAC under the TAK (or the DUKPT request-MAC key)."""
+        raw = encode_for_mac(message, self.dialect)
+        return raw[:-8] + self._mac(raw[:-8], message, response=False)
+
+    def _pin_block(self, pin: str, pan: str, ksn: bytes | None) -> bytes:
+        clear = encode_pinblock_iso_0(pin, pan)
+        if ksn is not None:
+            key = derive_tdes_working_key(self._dukpt_key(ksn), TdesVariant.PIN)
+        else:
+            key = bytes.fromhex(self.profile.tpk)
+        return encrypt_tdes_ecb(key, clear)
+
+    def _dukpt_key(self, ksn: bytes) -> bytes:
+        return derive_transaction_key_from_ipek(bytes.fromhex(self.profile.dukpt_ipek), ksn)
+
+    def _mac(self, data: bytes, message: Message, *, response: bool) -> bytes:
+        if self.profile.dukpt_ipek:
+            ksn = message.binary(53)
+            if ksn is None:
+                return b"\x00" * 8
+            variant = TdesVariant.MAC_RESPONSE if response else TdesVariant.MAC_REQUEST
+            key = derive_tdes_working_key(self._dukpt_key(ksn), variant)
+        else:
+            key = bytes.fromhex(self.profile.tak)
+        return generate_mac_iso9797_1_alg_3(key, data, 1)
+
+    # --- responses ---------------------------------------------------------------------------
+
+    def check_response(
+        self, raw: bytes, request: bytes | None = None
+    ) -> tuple[Message, bool | None]:
+        """Decode a response; return it and whether its MAC is right (None: it has none)."""
+        message = decode(raw, self.dialect)
+        data = mac_input(raw, message)
+        if data is None:
+            return message, None
+        ksn_source = message
+        if request is not None and self.profile.dukpt_ipek:
+            ksn_source = decode(request, self.dialect)
+        return message, self._mac(data, ksn_source, response=True) == raw[-8:]
+
+    def accept_new_keys(self, response: Message) -> tuple[str, str]:
+        """Take the TPK and TAK of a key-exchange 0810 (checking their KCVs); return the KCVs."""
+        tags = parse_tlv(response.get(48) or "")
+        tmk = bytes.fromhex(self.profile.tmk)
+        tpk = decrypt_tdes_ecb(tmk, bytes.fromhex(tags["TPK"]))
+        tak = decrypt_tdes_ecb(tmk, bytes.fromhex(tags["TAK"]))
+        if kcv_tdes(tpk).hex().upper() != tags["TKC"] or kcv_tdes(tak).hex().upper() != tags["AKC"]:
+            raise ValueError("key exchange: check values do not match the keys received")
+        self.profile.tpk, self.profile.tak = tpk.hex().upper(), tak.hex().upper()
+        return tags["TKC"], tags["AKC"]
+
+
+class PosClient:
+    """A TCP connection to the switch that matches responses by MTI, field 11 and field 41."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        framing: Framing = Framing.ASCII4,
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.framing = framing
+        self.framer = Framer(framing, frame_size_max=9999)
+
+    @classmethod
+    async def connect(cls, host: str, port: int, framing: Framing = Framing.ASCII4) -> PosClient:
+        """Open a connection."""
+        reader, writer = await asyncio.open_connection(host, port)
+        return cls(reader, writer, framing)
+
+    async def send(self, payload: bytes) -> None:
+        """Send one framed message."""
+        self.writer.write(frame(payload, self.framing))
+        await self.writer.drain()
+
+    async def receive(self, timeout_s: float = 10.0) -> bytes:
+        """The next response payload; TimeoutError after ``timeout_s``."""
+        while True:
+            payload = self.framer.next_frame()
+            if payload is not None:
+                return payload
+            data = await asyncio.wait_for(self.reader.read(65536), timeout_s)
+            if not data:
+                raise ConnectionError("switch closed the connection")
+            self.framer.receive_data(data)
+
+    async def request(self, payload: bytes, timeout_s: float = 10.0) -> bytes:
+        """Send one request and wait for one response."""
+        await self.send(payload)
+        return await self.receive(timeout_s)
+
+    async def close(self) -> None:
+        """Close the connection."""
+        self.writer.close()
+        with contextlib.suppress(ConnectionError):
+            await self.writer.wait_closed()
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """The simulator's saved terminal state (working keys, counters), or empty."""
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: cannot read POS state: {error}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: POS state must be a JSON object")
+    return data
+
+
+def save_state(path: Path, terminal: PosTerminal, state: dict[str, Any]) -> None:
+    """Save one terminal's working keys and counters (atomically)."""
+    p = terminal.profile
+    state[p.tid] = {"tpk": p.tpk, "tak": p.tak, "stan": p.stan, "dukpt_ksn": p.dukpt_ksn}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(state, indent=2, sort_keys=True))
+    os.replace(temporary, path)
+
+
+def tlv_text(value: str) -> str:
+    """Field 48 rendered as ``TAG=value`` pairs."""
+    try:
+        return ", ".join(f"{k}={v}" for k, v in parse_tlv(value).items())
+    except ValueError:
+        return value
+
+
+__all__ = [
+    "PosClient",
+    "PosTerminal",
+    "TerminalProfile",
+    "build_tlv",
+    "load_state",
+    "save_state",
+    "tlv_text",
+]
+
+
+def render(message: Message, mac_ok: bool | None, dialect: Dialect) -> str:
+    """A decoded message as readable lines: field number, name, value (PAN masked)."""
+    from switch.codes import meaning
+
+    lines = [f"MTI {message.mti}"]
+    for number in sorted(message.fields):
+        spec = dialect.by_number[number]
+        value = message.fields[number]
+        if number == 2:
+            value = value[:6] + "*" * (len(value) - 10) + value[-4:]
+        elif number == 35:
+            value = "(track 2 withheld)"
+        elif number == 52:
+            value = "(PIN block withheld)"
+        elif number == 39:
+            value = f"{value}  {meaning(value)}"
+        elif number == 48:
+            value = f"{value}  [{tlv_text(value)}]"
+        elif number == 54:
+            value = "  ".join(_amount_text(value[i : i + 20]) for i in range(0, len(value), 20))
+        lines.append(f"  {number:>3}  {spec.name:<32} {value}")
+    if mac_ok is not None:
+        lines.append(f"  MAC {'verified' if mac_ok else 'WRONG'}")
+    return "\n".join(lines)
+
+
+AMOUNT_TYPES = {
+    "01": "ledger",
+    "02": "available",
+    "90": "requested",
+    "91": "discount",
+    "92": "charged",
+}
+
+
+def _amount_text(block: str) -> str:
+    account, kind, sign, amount = block[:2], block[2:4], block[7], int(block[8:20])
+    purse = "all" if account == "00" else account
+    return f"{purse}/{AMOUNT_TYPES.get(kind, kind)}={'-' if sign == 'D' else ''}{amount:,}"
+
+
+def _card_expiry(pan: str, expiry: str | None) -> str:
+    if expiry:
+        return expiry
+    for card in demo.CARDS:
+        if card.pan == pan:
+            return card.expiry
+    raise ValueError("give --expiry YYMM (the PAN is not a demo card)")
+
+
+async def run_command(args: Any) -> int:
+    """Carry out one ``honar pos`` command; print the exchange; return the exit code."""
+    state_path = Path(args.state)
+    state = load_state(state_path)
+    terminal = PosTerminal.demo(args.terminal, state)
+    framing = Framing(args.framing)
+    command = args.pos_command
+    if command in ("purchase", "balance"):
+        expiry = _card_expiry(args.pan, args.expiry)
+        if command == "purchase":
+            payload = terminal.purchase(
+                pan=args.pan, pin=args.pin, amount=args.amount, expiry=expiry
+            )
+        else:
+            payload = terminal.balance(pan=args.pan, pin=args.pin, expiry=expiry)
+    else:
+        code = {"echo": "301", "signon": "001", "signoff": "002", "keyexchange": "101"}[command]
+        payload = terminal.network(code)
+    if getattr(args, "tamper_mac", False):
+        payload = payload[:-1] + bytes([payload[-1] ^ 0x01])
+    request = decode(payload, terminal.dialect)
+    print(f"-> {args.host}:{args.port}\n{render(request, None, terminal.dialect)}")
+    client = await PosClient.connect(args.host, args.port, framing)
+    try:
+        raw = await client.request(payload, timeout_s=args.timeout)
+    finally:
+        await client.close()
+    response, mac_ok = terminal.check_response(raw, payload)
+    print(f"<- {args.host}:{args.port}\n{render(response, mac_ok, terminal.dialect)}")
+    if command == "keyexchange" and response.get(39) == "00":
+        tkc, akc = terminal.accept_new_keys(response)
+        print(f"new working keys in force (TPK check value {tkc}, TAK check value {akc})")
+    save_state(state_path, terminal, state)
+    return 0 if response.get(39) == "00" else 2

@@ -1,0 +1,150 @@
+"""Wiring: build the switch from a :class:`switch.config.Config` and run it.
+
+This is the one place that knows every package: it opens the ledger (migrating the schema and
+loading the demo data into an empty database), loads the LMK into the HSM, builds the terminal
+directory and the group committer, and serves until asked to stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from hsm_sim.hsm import Hsm
+from hsm_sim.keys import Lmk
+from ledger import demo
+from ledger.store import GroupCommitter, Store
+from merchants.directory import Directory, Merchant, Terminal
+from switch.calendar import BusinessCalendar
+from switch.config import Config
+from switch.dialects import get_dialect
+from switch.dialects.base import Framing
+from switch.hsm_port import HsmPort, InProcessHsmPort
+from switch.server import ServerLimits, SwitchServer
+from switch.service import Service
+
+log = logging.getLogger("honar.app")
+
+
+def load_lmk(config: Config) -> Lmk:
+    """The LMK named in the config, or the Thales test LMK set."""
+    if config.hsm.lmk_file:
+        return Lmk.from_file(Path(config.hsm.lmk_file))
+    return Lmk.test()
+
+
+def open_ledger(config: Config, hsm: Hsm) -> Store:
+    """Open the ledger, apply migrations, and load the demo data when it is empty."""
+    store = Store(config.ledger_url)
+    store.migrate()
+    if config.ledger.load_demo and store.is_empty():
+        demo.load_demo(store, hsm)
+    return store
+
+
+def build_directory(store: Store) -> Directory:
+    """The terminal and merchant directory, refreshable from the ledger."""
+
+    def terminal_of(record: object) -> Terminal:
+        return Terminal(
+            **{
+                k: getattr(record, k)
+                for k in ("id", "merchant_id", "key_scheme", "tmk", "tpk", "tak", "bdk")
+            }
+        )
+
+    def reload(tid: str) -> Terminal | None:
+        found = [t for t in store.terminals() if t.id == tid]
+        return terminal_of(found[0]) if found else None
+
+    merchants = [
+        Merchant(m.id, m.name, m.mcc, m.city, m.chain, m.sheba, m.payable_account_id)
+        for m in store.merchants()
+    ]
+    return Directory(merchants, [terminal_of(t) for t in store.terminals()], reload_terminal=reload)
+
+
+@dataclass
+class App:
+    """A built switch: its parts, ready to serve."""
+
+    config: Config
+    store: Store
+    hsm: Hsm
+    committer: GroupCommitter
+    service: Service
+    server: SwitchServer
+
+    def close(self) -> None:
+        """Stop the committer (after its queue is empty) and release the database."""
+        self.committer.stop()
+        self.store.close()
+
+
+def build_app(config: Config, *, hsm_port: HsmPort | None = None) -> App:
+    """Build every part of the switch from ``config`` (nothing listens yet)."""
+    hsm = Hsm(lmk=load_lmk(config))
+    store = open_ledger(config, hsm)
+    pvk_lmk = store.setting("pvk")
+    if pvk_lmk is None:
+        raise RuntimeError(
+            "the ledger has no issuer PVK (setting 'pvk'); load demo data or issue cards first"
+        )
+    committer = GroupCommitter(store, batch_max=config.ledger.batch_max)
+    committer.start()
+    s = config.switch
+    service = Service(
+        dialect=get_dialect(s.dialect),
+        store=store,
+        committer=committer,
+        hsm=hsm_port or InProcessHsmPort(hsm),
+        local_hsm=hsm,
+        directory=build_directory(store),
+        pvk_lmk=pvk_lmk,
+        calendar=BusinessCalendar(s.business_zone, s.cutover_time),
+    )
+    limits = ServerLimits(
+        frame_size_max=s.frame_size_max,
+        connections_max=s.connections_max,
+        in_flight_per_connection_max=s.in_flight_per_connection_max,
+        idle_timeout_s=s.idle_timeout_s,
+        graceful_timeout_s=s.graceful_timeout_s,
+    )
+    server = SwitchServer(
+        lambda payload, peer: service.handle(payload, peer=peer),
+        framing=Framing(s.framing),
+        limits=limits,
+    )
+    return App(config, store, hsm, committer, service, server)
+
+
+async def serve(
+    config: Config,
+    *,
+    on_ready: Callable[[str, int], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve until SIGINT/SIGTERM (or ``stop`` is set), then shut down gracefully."""
+    app = await asyncio.to_thread(build_app, config)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        # Not possible outside the main thread (tests run the server in a thread).
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+    try:
+        host, port = await app.server.start(config.switch.host, config.switch.port)
+        log.info("listening", extra={"host": host, "port": port, "dialect": config.switch.dialect})
+        if on_ready is not None:
+            on_ready(host, port)
+        await stop.wait()
+        log.info("shutting down: no new connections, finishing requests in flight")
+        await app.server.shutdown()
+    finally:
+        await asyncio.to_thread(app.close)
+        log.info("stopped")

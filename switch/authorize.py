@@ -1,0 +1,157 @@
+"""Authorization decisions: pure functions of the request, the card snapshot, the PIN result.
+
+Rules (guards run in this precedence order; the first that fails is the answer):
+
+====  ===========================================  ==========================================
+code  guard                                        note
+====  ===========================================  ==========================================
+14    card unknown                                 no card with this PAN
+62    card blocked                                 state other than active
+54    card expired, or expiry presented differs    valid through the end of month YYMM
+75    PIN tries exhausted                          until an operator resets the counter
+55    PIN missing, invalid or wrong                a wrong PIN counts; the last allowed one -> 75
+13    amount zero or above the single-payment max
+51    not enough in the general purse              this version pays from GN only
+00    approved                                     postings: purse -> merchant payable
+====  ===========================================  ==========================================
+
+A right PIN resets the failure counter. A decline is a value, never an exception.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import date
+
+from ledger.domain import CardSnapshot, Outcome, Posting, Purse
+from ledger.model import TransferCode
+from switch.requests import FinancialRequest, build_tlv
+
+CURRENCY = "364"
+FIELD54_BLOCKS_MAX = 6  # field 54 holds at most 120 characters: six 20-character blocks
+
+
+class PinResult(enum.Enum):
+    """What the HSM said about the PIN block (computed before the decision)."""
+
+    OK = "ok"
+    MISMATCH = "mismatch"
+    INVALID_BLOCK = "invalid_block"
+    MISSING = "missing"
+
+
+@dataclass(frozen=True)
+class CardVerdict:
+    """Outcome of the card guards: a decline code or None, and the new PIN failure count."""
+
+    response_code: str | None
+    pin_failures: int | None
+
+
+def card_expired(expiry: str, today: date) -> bool:
+    """True when a card with expiry ``YYMM`` is past the end of that month on ``today``.
+
+    >>> card_expired("2401", date(2024, 1, 31)), card_expired("2401", date(2024, 2, 1))
+    (False, True)
+    """
+    year, month = 2000 + int(expiry[:2]), int(expiry[2:])
+    return (today.year, today.month) > (year, month)
+
+
+def check_card(
+    request: FinancialRequest, snapshot: CardSnapshot | None, pin: PinResult, today: date
+) -> CardVerdict:
+    """The card guards shared by every PIN-verified flow (14, 62, 54, 75, 55)."""
+    if snapshot is None:
+        return CardVerdict("14", None)
+    card = snapshot.card
+    if card.state != "active":
+        return CardVerdict("62", None)
+    presented = request.card.expiry
+    if card_expired(card.expiry, today) or (presented is not None and presented != card.expiry):
+        return CardVerdict("54", None)
+    if card.pin_failures >= card.pin_tries_max:
+        return CardVerdict("75", None)
+    if pin is PinResult.MISSING:
+        return CardVerdict("55", None)
+    if pin is not PinResult.OK:
+        failures = card.pin_failures + 1
+        return CardVerdict("75" if failures >= card.pin_tries_max else "55", failures)
+    return CardVerdict(None, 0 if card.pin_failures else None)
+
+
+def amount_block(account_type: str, amount_type: str, amount: int, sign: str = "C") -> str:
+    """One 20-character field 54 block (account type, amount type, currency, sign, amount)."""
+    assert 0 <= amount < 10**12, "amount does not fit 12 digits"
+    return f"{account_type}{amount_type}{CURRENCY}{sign}{amount:012d}"
+
+
+def general_purse(snapshot: CardSnapshot, today: date) -> Purse | None:
+    """The member's general purse, if it exists and has not expired."""
+    for purse in snapshot.purses:
+        if purse.general and (purse.expires is None or purse.expires >= today.isoformat()):
+            return purse
+    return None
+
+
+def decide_purchase(
+    request: FinancialRequest,
+    snapshot: CardSnapshot | None,
+    *,
+    pin: PinResult,
+    merchant_account_id: int,
+    today: date,
+) -> Outcome:
+    """Decide a purchase (0200, processing code 000000)."""
+    verdict = check_card(request, snapshot, pin, today)
+    if verdict.response_code is not None or snapshot is None:
+        return Outcome(verdict.response_code or "14", pin_failures=verdict.pin_failures)
+    amount = request.amount
+    if amount <= 0 or amount > snapshot.card.payment_amount_max:
+        return Outcome("13", pin_failures=verdict.pin_failures)
+    purse = general_purse(snapshot, today)
+    if purse is None or purse.account.available_credit < amount:
+        return Outcome("51", pin_failures=verdict.pin_failures, amount=amount)
+    fields = {
+        48: build_tlv({"PRS": purse.code}),
+        54: amount_block("00", "90", amount, "D")
+        + amount_block("00", "91", 0)
+        + amount_block("00", "92", amount, "D")
+        + amount_block(purse.code, "02", purse.account.available_credit - amount),
+    }
+    posting = Posting(purse.account.id, merchant_account_id, amount, TransferCode.PURCHASE)
+    return Outcome(
+        "00",
+        response_fields=fields,
+        postings=(posting,),
+        pin_failures=verdict.pin_failures,
+        amount=amount,
+    )
+
+
+def decide_balance(
+    request: FinancialRequest, snapshot: CardSnapshot | None, *, pin: PinResult, today: date
+) -> Outcome:
+    """Decide a balance inquiry (0200, processing code 310000): balances in field 54."""
+    verdict = check_card(request, snapshot, pin, today)
+    if verdict.response_code is not None or snapshot is None:
+        return Outcome(verdict.response_code or "14", pin_failures=verdict.pin_failures)
+    return Outcome(
+        "00",
+        response_fields={54: balance_blocks(snapshot, today)},
+        pin_failures=verdict.pin_failures,
+    )
+
+
+def balance_blocks(snapshot: CardSnapshot, today: date) -> str:
+    """Field 54 for a balance inquiry: all purses' ledger and available balance, then each
+    purse that may still pay (general first), as many as fit."""
+    usable = [p for p in snapshot.purses if p.expires is None or p.expires >= today.isoformat()]
+    usable.sort(key=lambda p: (not p.general, p.code))
+    ledger_total = sum(p.account.balance_credit for p in snapshot.purses)
+    available_total = sum(p.account.available_credit for p in usable)
+    blocks = [amount_block("00", "01", ledger_total), amount_block("00", "02", available_total)]
+    for purse in usable[: FIELD54_BLOCKS_MAX - len(blocks)]:
+        blocks.append(amount_block(purse.code, "02", purse.account.available_credit))
+    return "".join(blocks)

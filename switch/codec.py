@@ -1,0 +1,220 @@
+"""Codec: bytes <-> :class:`Message` for a dialect. Pure; pyiso8583 lives here only.
+
+A :class:`Message` is the wire view: the MTI plus a mapping of field number to string value
+(binary fields as uppercase hex, as pyiso8583 gives them). Decoding checks more than the
+library does: every field must be in the dialect's table and match its format (digits for
+``n``, printable ASCII for ``ans`` ...). Any failure is a :class:`CodecError` that names the
+field and byte position, and keeps whatever was decoded before it so that the caller can still
+answer ``30`` when MTI, field 11 and field 41 were readable.
+
+>>> from switch.dialects import get_dialect
+>>> d = get_dialect("shetab87")
+>>> raw = encode(Message("0800", {7: "1204101502", 11: "000001", 70: "301"}), d)
+>>> raw[:4]
+b'0800'
+>>> decode(raw, d).fields[70]
+'301'
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import iso8583
+
+from switch.dialects.base import UNDEFINED_FIELD_LENGTH, Dialect, FieldSpec
+
+
+class CodecError(ValueError):
+    """A message that cannot be decoded or encoded, with the field and position at fault.
+
+    ``partial`` holds the fields decoded before the failure (MTI under ``"t"``).
+    ``response_code_hint`` is what a switch answers when it can answer at all.
+    """
+
+    response_code_hint = "30"
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        field: str | None = None,
+        pos: int | None = None,
+        partial: Mapping[str, str] | None = None,
+    ) -> None:
+        where = []
+        if field is not None:
+            where.append(f"field {field}")
+        if pos is not None:
+            where.append(f"pos {pos}")
+        super().__init__(f"{reason}" + (f" ({', '.join(where)})" if where else ""))
+        self.reason = reason
+        self.field = field
+        self.pos = pos
+        self.partial: dict[str, str] = dict(partial or {})
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_codec_error, (self.reason, self.field, self.pos, self.partial))
+
+
+def _rebuild_codec_error(
+    reason: str, field: str | None, pos: int | None, partial: dict[str, str]
+) -> CodecError:
+    return CodecError(reason, field=field, pos=pos, partial=partial)
+
+
+@dataclass(frozen=True)
+class Message:
+    """An ISO 8583 message: MTI and fields (number -> value; binary values as hex)."""
+
+    mti: str
+    fields: Mapping[int, str] = field(default_factory=dict)
+
+    def get(self, number: int) -> str | None:
+        """The value of field ``number`` or None."""
+        return self.fields.get(number)
+
+    def has(self, number: int) -> bool:
+        """True when field ``number`` is present."""
+        return number in self.fields
+
+    def binary(self, number: int) -> bytes | None:
+        """The value of a binary field as bytes, or None."""
+        value = self.fields.get(number)
+        return None if value is None else bytes.fromhex(value)
+
+
+_PRINTABLE = frozenset(string.printable) - frozenset("\t\n\r\x0b\x0c")
+_ALNUM_SPACE = frozenset(string.ascii_letters + string.digits + " ")
+_TRACK2 = frozenset(string.digits + "=D")
+_HEX = frozenset("0123456789ABCDEF")
+
+
+def check_field(spec: FieldSpec, value: str) -> str | None:
+    """Return why ``value`` is not valid for ``spec``, or None when it is."""
+    if spec.format == "b":
+        if not set(value) <= _HEX or len(value) % 2:
+            return "binary field must be an even number of uppercase hex digits"
+        size = len(value) // 2
+    else:
+        size = len(value)
+        allowed = {
+            "n": frozenset(string.digits),
+            "an": _ALNUM_SPACE,
+            "ans": _PRINTABLE,
+            "z": _TRACK2,
+        }[spec.format]
+        if not set(value) <= allowed:
+            return f"format {spec.format} allows no such character"
+    if spec.fixed and size != spec.length_max:
+        return f"length {size}, expected exactly {spec.length_max}"
+    if size > spec.length_max:
+        return f"length {size}, at most {spec.length_max}"
+    return None
+
+
+def decode(raw: bytes, dialect: Dialect) -> Message:
+    """Decode one framed-off message. Raises :class:`CodecError` with field context."""
+    try:
+        doc_dec, doc_enc = iso8583.decode(bytes(raw), dialect.pyiso_spec)
+    except iso8583.DecodeError as error:
+        partial = {k: v for k, v in error.doc_dec.items() if isinstance(v, str)}
+        if error.field not in ("t", "p", "1", "h") and (
+            dialect.pyiso_spec[error.field]["max_len"] == UNDEFINED_FIELD_LENGTH
+        ):
+            raise CodecError(
+                f"field {error.field} is not defined in dialect {dialect.name}",
+                field=error.field,
+                pos=error.pos,
+                partial=partial,
+            ) from None
+        raise CodecError(error.msg, field=error.field, pos=error.pos, partial=partial) from None
+    mti = doc_dec["t"]
+    partial = {k: v for k, v in doc_dec.items() if isinstance(v, str)}
+    if not (len(mti) == 4 and mti.isdigit()):
+        raise CodecError("MTI must be 4 digits", field="t", pos=0, partial={})
+    for bitmap in ("p", "1"):
+        value = doc_dec.get(bitmap)
+        if value is not None and not set(value) <= _HEX:
+            raise CodecError("bitmap must be uppercase hex", field=bitmap, partial=partial)
+    fields: dict[int, str] = {}
+    for key, value in doc_dec.items():
+        if key in ("t", "p", "1", "h"):
+            continue
+        number = int(key)
+        problem = check_field(dialect.by_number[number], value)
+        if problem is not None:
+            raise CodecError(problem, field=key, pos=_field_pos(raw, doc_enc, key), partial=partial)
+        fields[number] = value
+    if 1 in fields or 65 in fields:  # pragma: no cover - pyiso8583 never returns these as data
+        raise CodecError("bitmap fields are not data", field="1", partial=partial)
+    return Message(mti, fields)
+
+
+def _field_pos(raw: bytes, doc_enc: Mapping[str, Any], key: str) -> int | None:
+    data = doc_enc.get(key, {}).get("data", b"")
+    found = bytes(raw).find(bytes(doc_enc[key]["len"]) + bytes(data)) if key in doc_enc else -1
+    return None if found < 0 else found
+
+
+def encode(message: Message, dialect: Dialect) -> bytes:
+    """Encode a message. Raises :class:`CodecError` when a field breaks the dialect."""
+    if not (len(message.mti) == 4 and message.mti.isdigit()):
+        raise CodecError("MTI must be 4 digits", field="t")
+    doc: dict[str, Any] = {"t": message.mti}
+    for number, value in message.fields.items():
+        spec = dialect.by_number.get(number)
+        if spec is None:
+            raise CodecError(
+                f"field {number} is not defined in dialect {dialect.name}", field=str(number)
+            )
+        problem = check_field(spec, value)
+        if problem is not None:
+            raise CodecError(problem, field=str(number))
+        doc[str(number)] = value
+    try:
+        raw, _ = iso8583.encode(doc, dialect.pyiso_spec)
+    except iso8583.EncodeError as error:  # pragma: no cover - check_field catches these first
+        raise CodecError(error.msg, field=error.field) from None
+    return bytes(raw)
+
+
+def mac_field_of(message: Message) -> int:
+    """The MAC field a message carries: 128 when any field 65-128 is present, else 64."""
+    return 128 if any(number > 64 for number in message.fields if number != 128) else 64
+
+
+def encode_for_mac(message: Message, dialect: Dialect) -> bytes:
+    """Encode with a zero placeholder in the MAC field (64, or 128 with a secondary bitmap).
+
+    The MAC field is always the message's last field, so the MAC covers ``raw[:-8]`` and the
+    real MAC replaces the last 8 bytes.
+    """
+    mac_field = mac_field_of(message)
+    fields = {k: v for k, v in message.fields.items() if k not in (64, 128)}
+    fields[mac_field] = "00" * 8
+    return encode(Message(message.mti, fields), dialect)
+
+
+def encode_with_mac(
+    message: Message, dialect: Dialect, generate_mac: Callable[[bytes], bytes]
+) -> bytes:
+    """Encode with a MAC over every byte up to the MAC field, the bitmap showing it present."""
+    raw = encode_for_mac(message, dialect)
+    mac = generate_mac(raw[:-8])
+    assert len(mac) == 8, "MAC must be 8 bytes"
+    return raw[:-8] + mac
+
+
+def mac_input(raw: bytes, message: Message) -> bytes | None:
+    """The bytes a received message's MAC covers, or None when it carries no MAC field.
+
+    The MAC field must be the message's last field (64 without secondary bitmap, 128 with).
+    """
+    expected = mac_field_of(message)
+    if not message.has(expected):
+        return None
+    return bytes(raw[:-8])

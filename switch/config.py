@@ -1,0 +1,171 @@
+"""Configuration: every setting and limit in one place, with defaults and validation.
+
+A TOML file (``honar serve --config FILE``, or ``$HONAR_CONFIG``) may set any of the keys of
+:class:`Config`, in sections named after the dataclasses (``[switch]``, ``[ledger]``,
+``[hsm]``). Unknown keys and wrong types are errors that name the file, section and key.
+Units come last in names: ``_s`` seconds, ``_max`` a cap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DATA_DIR = Path("var")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class SwitchConfig:
+    """The terminal-facing server and its limits."""
+
+    host: str = "127.0.0.1"
+    port: int = 8583
+    dialect: str = "shetab87"
+    framing: str = "ascii4"
+    frame_size_max: int = 4096
+    connections_max: int = 1000
+    in_flight_per_connection_max: int = 64
+    idle_timeout_s: float = 300.0
+    graceful_timeout_s: float = 10.0
+    business_zone: str = "Asia/Tehran"
+    cutover_time: str = "00:00"
+    acquirer_id: str = "636214"
+
+
+@dataclass(frozen=True)
+class LedgerConfig:
+    """The ledger database and its group commit."""
+
+    url: str = ""  # empty: SQLite file var/honar.db
+    batch_max: int = 256
+    load_demo: bool = True
+
+
+@dataclass(frozen=True)
+class HsmConfig:
+    """Where the switch's HSM is and which LMK it holds."""
+
+    mode: str = "in-process"  # or "tcp"
+    host: str = "127.0.0.1"
+    port: int = 1500
+    header_length: int = 4
+    timeout_s: float = 2.0
+    lmk_file: str = ""  # empty: the Thales test LMK set
+
+
+@dataclass(frozen=True)
+class Config:
+    """All settings."""
+
+    switch: SwitchConfig = field(default_factory=SwitchConfig)
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)
+    hsm: HsmConfig = field(default_factory=HsmConfig)
+    data_dir: str = str(DEFAULT_DATA_DIR)
+
+    @property
+    def ledger_url(self) -> str:
+        """The SQLAlchemy URL of the ledger (SQLite under ``data_dir`` when not set)."""
+        return self.ledger.url or f"sqlite:///{Path(self.data_dir) / 'honar.db'}"
+
+
+_POSITIVE = {
+    "port",
+    "frame_size_max",
+    "connections_max",
+    "in_flight_per_connection_max",
+    "idle_timeout_s",
+    "graceful_timeout_s",
+    "batch_max",
+    "timeout_s",
+}
+
+
+def _build(cls: type[Any], values: dict[str, Any], where: str) -> Any:
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key {key!r}; known keys: {', '.join(known)}")
+        default = getattr(cls(), key)
+        if dataclasses.is_dataclass(default):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: [{key}] must be a table")
+            kwargs[key] = _build(type(default), value, f"{where} [{key}]")
+            continue
+        expected = type(default)
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise ConfigError(
+                f"{where}: {key} must be {expected.__name__}, got {type(value).__name__} {value!r}"
+            )
+        if key in _POSITIVE and value <= 0:
+            raise ConfigError(f"{where}: {key} must be greater than 0, got {value!r}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def validate(config: Config, where: str = "config") -> Config:
+    """Check values that types alone cannot; return the config unchanged."""
+    from switch.dialects import DIALECTS
+
+    s = config.switch
+    if s.dialect not in DIALECTS:
+        raise ConfigError(f"{where}: switch.dialect {s.dialect!r} unknown; known: {list(DIALECTS)}")
+    if s.framing not in ("ascii4", "binary2"):
+        raise ConfigError(f"{where}: switch.framing must be ascii4 or binary2, got {s.framing!r}")
+    if not 0 < s.port < 65536:
+        raise ConfigError(f"{where}: switch.port must be 1-65535, got {s.port}")
+    limit = 9999 if s.framing == "ascii4" else 65535
+    if s.frame_size_max > limit:
+        raise ConfigError(
+            f"{where}: switch.frame_size_max {s.frame_size_max} > {limit} ({s.framing})"
+        )
+    hours, _, minutes = s.cutover_time.partition(":")
+    if not (hours.isdigit() and minutes.isdigit() and int(hours) < 24 and int(minutes) < 60):
+        raise ConfigError(f"{where}: switch.cutover_time must be HH:MM, got {s.cutover_time!r}")
+    if config.hsm.mode not in ("in-process", "tcp"):
+        raise ConfigError(f"{where}: hsm.mode must be in-process or tcp, got {config.hsm.mode!r}")
+    try:
+        from zoneinfo import ZoneInfo
+
+        ZoneInfo(s.business_zone)
+    except (KeyError, ValueError) as error:
+        raise ConfigError(f"{where}: switch.business_zone {s.business_zone!r}: {error}") from None
+    return config
+
+
+def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Config:
+    """Load ``path`` (or ``$HONAR_CONFIG``, or defaults) and apply dotted ``overrides``.
+
+    ``overrides`` use section__key names, e.g. ``switch__port=9000``; None values are ignored.
+    """
+    values: dict[str, Any] = {}
+    chosen = path or os.environ.get("HONAR_CONFIG")
+    where = "defaults"
+    if chosen:
+        where = str(chosen)
+        try:
+            with open(chosen, "rb") as handle:
+                values = tomllib.load(handle)
+        except OSError as error:
+            raise ConfigError(f"{where}: cannot read: {error.strerror}") from None
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"{where}: not valid TOML: {error}") from None
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        section, _, key = dotted.partition("__")
+        if key:
+            values.setdefault(section, {})[key] = value
+        else:
+            values[section] = value
+    return validate(_build(Config, values, where), where)

@@ -1,0 +1,418 @@
+"""The switch's request handling: one message in, one response out (or nothing).
+
+:meth:`Service.handle` is called by the TCP server (and by replay and the benchmarks) with the
+payload of one frame. In order it: decodes, identifies the terminal, verifies the MAC, parses the
+request, checks merchant and MCC, and runs the flow for the message kind. Flows verify the PIN
+through the HSM port, then hand a pure decision to the ledger's group committer; the response is
+built only after the ledger has committed. Every response but ``63`` (and those to unknown
+terminals) carries a MAC.
+
+Rules (MTI and processing code -> flow):
+
+=====  ===============  ==============================
+MTI    processing code  flow
+=====  ===============  ==============================
+0800   (field 70)       sign-on, sign-off, echo, key exchange
+0200   000000           purchase
+0200   310000           balance inquiry
+=====  ===============  ==============================
+
+Anything else is answered ``12``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from datetime import UTC, date, datetime
+from typing import Protocol
+
+from hsm_sim.hsm import Hsm, MacDirection, PinCheck
+from ledger.domain import (
+    AuthorizationJob,
+    CardRecord,
+    CardSnapshot,
+    JobResult,
+    Outcome,
+    TransactionKey,
+)
+from ledger.store import LedgerError, Store
+from merchants.directory import Directory, Merchant, Terminal
+from switch import authorize
+from switch.authorize import PinResult
+from switch.calendar import BusinessCalendar
+from switch.codec import CodecError, Message, decode, encode, encode_for_mac, mac_input
+from switch.dialects import Dialect
+from switch.hsm_port import HsmPort, HsmUnavailable
+from switch.requests import (
+    NETWORK_ECHO,
+    NETWORK_KEY_EXCHANGE,
+    NETWORK_SIGN_OFF,
+    NETWORK_SIGN_ON,
+    PROCESSING_BALANCE,
+    PROCESSING_PURCHASE,
+    FinancialRequest,
+    NetworkRequest,
+    Request,
+    RequestError,
+    build_tlv,
+    luhn_valid,
+    parse_request,
+    request_digest,
+)
+
+log = logging.getLogger("honar.switch")
+
+_PIN_RESULTS = {
+    PinCheck.OK: PinResult.OK,
+    PinCheck.MISMATCH: PinResult.MISMATCH,
+    PinCheck.INVALID_BLOCK: PinResult.INVALID_BLOCK,
+}
+
+
+class Service:
+    """Everything needed to answer a terminal's message."""
+
+    def __init__(
+        self,
+        *,
+        dialect: Dialect,
+        store: Store,
+        committer: GroupCommitterLike,
+        hsm: HsmPort,
+        local_hsm: Hsm,
+        directory: Directory,
+        pvk_lmk: str,
+        calendar: BusinessCalendar,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.dialect = dialect
+        self.store = store
+        self.committer = committer
+        self.hsm = hsm
+        self.local_hsm = local_hsm
+        self.directory = directory
+        self.pvk_lmk = pvk_lmk
+        self.calendar = calendar
+        self.clock = clock
+        # New working keys wait here until the 0810 that carries them has been MACed.
+        self._pending_keys: dict[str, Terminal] = {}
+
+    # --- entry point ----------------------------------------------------------------------------
+
+    async def handle(self, payload: bytes, *, peer: str = "") -> bytes | None:
+        """Answer one message; None means "log and drop" (nothing identifiable to answer)."""
+        started = time.perf_counter()
+        try:
+            message = decode(payload, self.dialect)
+        except CodecError as error:
+            return await self._answer_undecodable(error, peer)
+        response_mti = self.dialect.response_mti.get(message.mti)
+        if response_mti is None:
+            return await self._answer_unknown_mti(message, peer)
+        terminal = self.directory.terminal(message.get(41) or "")
+        if terminal is None:
+            log.warning(
+                "unknown terminal", extra={"peer": peer, "tid": message.get(41), "mti": message.mti}
+            )
+            return self._encode_plain(self._response(message, response_mti, "03"))
+        try:
+            request = parse_request(message)
+        except RequestError as error:
+            log.warning(
+                "invalid request",
+                extra={"peer": peer, "reason": str(error), "tid": terminal.id, "mti": message.mti},
+            )
+            response = self._response(message, response_mti, error.response_code)
+            return await self._encode_signed(response, terminal, message)
+        mac_ok, terminal = await self._check_mac(payload, request, terminal)
+        if not mac_ok:
+            log.warning(
+                "MAC verification failed",
+                extra={"peer": peer, "tid": terminal.id, "stan": request.stan, "mti": message.mti},
+            )
+            return self._encode_plain(self._response(message, response_mti, "63"))
+        try:
+            code, fields = await self._dispatch(request, terminal)
+        except HsmUnavailable as error:
+            log.error("HSM unavailable", extra={"tid": terminal.id, "error": str(error)})
+            code, fields = "91", {}
+        except LedgerError as error:
+            log.error("ledger failure", extra={"tid": terminal.id, "error": str(error)})
+            code, fields = "96", {}
+        except Exception:  # a bug must cost one answer (96), never the server
+            log.exception("request failed", extra={"tid": terminal.id, "stan": request.stan})
+            code, fields = "96", {}
+        response = self._response(message, response_mti, code, fields)
+        raw = await self._encode_signed(response, terminal, message)
+        pan = request.card.pan if isinstance(request, FinancialRequest) else ""
+        log.info(
+            "answered",
+            extra={
+                "peer": peer,
+                "mti": message.mti,
+                "tid": terminal.id,
+                "stan": request.stan,
+                "pan": pan[:6] + "*" * max(len(pan) - 10, 0) + pan[-4:] if pan else None,
+                "response_code": code,
+                "elapsed_ms": round((time.perf_counter() - started) * 1000, 3),
+            },
+        )
+        return raw
+
+    async def _dispatch(self, request: Request, terminal: Terminal) -> tuple[str, dict[int, str]]:
+        if isinstance(request, NetworkRequest):
+            return await self._network(request, terminal)
+        assert isinstance(request, FinancialRequest)
+        merchant = self.directory.merchant(terminal.merchant_id)
+        if merchant is None or (request.merchant_id not in (None, merchant.id)):
+            return "03", {}
+        if request.mcc is not None and request.mcc != merchant.mcc:
+            return "58", {}
+        if request.currency is not None and request.currency != authorize.CURRENCY:
+            return "12", {}
+        if request.base_mti == "0200" and request.processing_code == PROCESSING_PURCHASE:
+            return await self._financial(request, terminal, merchant, "purchase")
+        if request.base_mti == "0200" and request.processing_code == PROCESSING_BALANCE:
+            return await self._financial(request, terminal, merchant, "balance")
+        return "12", {}
+
+    # --- financial flows ----------------------------------------------------------------------
+
+    async def _financial(
+        self, request: FinancialRequest, terminal: Terminal, merchant: Merchant, kind: str
+    ) -> tuple[str, dict[int, str]]:
+        pan = request.card.pan
+        if not luhn_valid(pan):
+            return "14", {}
+        key = TransactionKey(request.tid, request.stan, request.transmission)
+        digest = request_digest(request.message)
+        loop = asyncio.get_running_loop()
+        stored = await loop.run_in_executor(None, self.store.find_transaction, key)
+        if stored is not None:
+            return _replayed(
+                JobResult(
+                    stored.response_code,
+                    stored.response_fields,
+                    replayed=True,
+                    conflict=stored.request_digest != digest,
+                )
+            )
+        card = await loop.run_in_executor(None, self.store.find_card, self.local_hsm.pan_hash(pan))
+        pin = await self._verify_pin(request, terminal, card)
+        now = self.clock()
+        today = self.calendar.business_date(now)
+        decide: Callable[[CardSnapshot | None], Outcome]
+        if kind == "purchase":
+            decide = functools.partial(
+                authorize.decide_purchase,
+                request,
+                pin=pin,
+                merchant_account_id=merchant.payable_account_id,
+                today=today,
+            )
+        else:
+            decide = functools.partial(authorize.decide_balance, request, pin=pin, today=today)
+        job = AuthorizationJob(
+            key=key,
+            mti=request.base_mti,
+            kind=kind,
+            request_digest=digest,
+            card_id=None if card is None else card.id,
+            merchant_id=merchant.id,
+            pan_masked=pan[:6] + "*" * (len(pan) - 10) + pan[-4:],
+            business_date=today.isoformat(),
+            now=now.isoformat(),
+            decide=functools.partial(_with_settlement_date, decide, today),
+        )
+        result = await asyncio.wrap_future(self.committer.submit(job))
+        return (
+            _replayed(result)
+            if result.replayed
+            else (result.response_code, dict(result.response_fields))
+        )
+
+    async def _verify_pin(
+        self, request: FinancialRequest, terminal: Terminal, card: CardRecord | None
+    ) -> PinResult:
+        if request.pin_block is None:
+            return PinResult.MISSING
+        if card is None:
+            return PinResult.INVALID_BLOCK  # no card: the decision is 14 whatever the PIN
+        if terminal.dukpt:
+            if request.ksn is None:
+                return PinResult.INVALID_BLOCK
+            check = await self.hsm.verify_pin_pvv_dukpt(
+                terminal.bdk,
+                request.ksn,
+                self.pvk_lmk,
+                request.pin_block,
+                request.card.pan,
+                card.pvki,
+                card.pvv,
+            )
+        else:
+            check = await self.hsm.verify_pin_pvv(
+                terminal.tpk, self.pvk_lmk, request.pin_block, request.card.pan, card.pvki, card.pvv
+            )
+        return _PIN_RESULTS[check]
+
+    # --- network management -------------------------------------------------------------------
+
+    async def _network(
+        self, request: NetworkRequest, terminal: Terminal
+    ) -> tuple[str, dict[int, str]]:
+        if request.code in (NETWORK_SIGN_ON, NETWORK_SIGN_OFF, NETWORK_ECHO):
+            return "00", {70: request.code}
+        if request.code != NETWORK_KEY_EXCHANGE:
+            return "12", {70: request.code}
+        if terminal.dukpt or not terminal.tmk:
+            return "12", {70: request.code}
+        tpk = await self.hsm.generate_working_key(terminal.tmk, "002")
+        tak = await self.hsm.generate_working_key(terminal.tmk, "003")
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(
+            None,
+            functools.partial(
+                self.store.set_terminal_keys, terminal.id, tpk=tpk.under_lmk, tak=tak.under_lmk
+            ),
+        )
+        # The 0810 itself is MACed with the TAK the request used; the new keys are in force
+        # from the next request on (the caller encodes before replacing the directory entry).
+        self._pending_keys[terminal.id] = replace(terminal, tpk=tpk.under_lmk, tak=tak.under_lmk)
+        fields = {
+            70: request.code,
+            48: build_tlv(
+                {"TPK": tpk.under_tmk, "TAK": tak.under_tmk, "TKC": tpk.kcv, "AKC": tak.kcv}
+            ),
+        }
+        log.info(
+            "working keys exchanged",
+            extra={"tid": terminal.id, "tpk_kcv": tpk.kcv, "tak_kcv": tak.kcv},
+        )
+        return "00", fields
+
+    # --- MAC and responses -------------------------------------------------------------------
+
+    async def _check_mac(
+        self, payload: bytes, request: Request, terminal: Terminal
+    ) -> tuple[bool, Terminal]:
+        message = request.message
+        required = not (
+            isinstance(request, NetworkRequest) and request.code != NETWORK_KEY_EXCHANGE
+        )
+        data = mac_input(payload, message)
+        if data is None:
+            return (not required), terminal
+        mac = bytes(payload[-8:])
+        if await self._verify_mac(terminal, message, data, mac):
+            return True, terminal
+        loop = asyncio.get_running_loop()
+        fresh = await loop.run_in_executor(None, self.directory.refresh_terminal, terminal.id)
+        if fresh is not None and fresh != terminal:
+            return await self._verify_mac(fresh, message, data, mac), fresh
+        return False, terminal
+
+    async def _verify_mac(
+        self, terminal: Terminal, message: Message, data: bytes, mac: bytes
+    ) -> bool:
+        if terminal.dukpt:
+            ksn = message.binary(53)
+            if ksn is None:
+                return False
+            return await self.hsm.verify_mac_dukpt(
+                terminal.bdk, ksn, data, mac, MacDirection.REQUEST
+            )
+        return await self.hsm.verify_mac(terminal.tak, data, mac)
+
+    def _response(
+        self,
+        request: Message,
+        response_mti: str,
+        code: str,
+        fields: Mapping[int, str] | None = None,
+    ) -> Message:
+        out = {n: request.fields[n] for n in self.dialect.echo_fields if n in request.fields}
+        if request.mti[:2] == "08" and 70 in request.fields:
+            out[70] = request.fields[70]
+        out.update(fields or {})
+        out[39] = code
+        return Message(response_mti, out)
+
+    def _encode_plain(self, response: Message) -> bytes:
+        return encode(response, self.dialect)
+
+    async def _encode_signed(
+        self, response: Message, terminal: Terminal, request: Message
+    ) -> bytes:
+        raw = encode_for_mac(response, self.dialect)
+        if terminal.dukpt:
+            ksn = request.binary(53)
+            if ksn is None:
+                return self._encode_plain(response)
+            mac = await self.hsm.generate_mac_dukpt(
+                terminal.bdk, ksn, raw[:-8], MacDirection.RESPONSE
+            )
+        else:
+            mac = await self.hsm.generate_mac(terminal.tak, raw[:-8])
+        encoded = raw[:-8] + mac
+        pending = self._pending_keys.pop(terminal.id, None)
+        if pending is not None:
+            self.directory.replace_terminal(pending)
+        return encoded
+
+    async def _answer_undecodable(self, error: CodecError, peer: str) -> bytes | None:
+        partial = error.partial
+        mti, stan, tid = partial.get("t", ""), partial.get("11", ""), partial.get("41", "")
+        response_mti = self.dialect.response_mti.get(mti)
+        readable = response_mti is not None and len(stan) == 6 and stan.isdigit() and len(tid) == 8
+        log.warning(
+            "undecodable message", extra={"peer": peer, "error": str(error), "answered": readable}
+        )
+        if not readable or response_mti is None:
+            return None
+        response = Message(response_mti, {11: stan, 41: tid, 39: "30"})
+        terminal = self.directory.terminal(tid)
+        if terminal is None or terminal.dukpt:
+            return self._encode_plain(response)
+        return await self._encode_signed(response, terminal, Message(mti, {}))
+
+    async def _answer_unknown_mti(self, message: Message, peer: str) -> bytes | None:
+        mti = message.mti
+        log.warning("unsupported MTI", extra={"peer": peer, "mti": mti})
+        if int(mti[2]) % 2 or not (message.has(11) and message.has(41)):
+            return None  # a response or advice-response sent to us, or unidentifiable
+        response_mti = mti[:2] + str(int(mti[2]) + 1) + "0"
+        response = self._response(message, response_mti, "12")
+        terminal = self.directory.terminal(message.get(41) or "")
+        if terminal is None or terminal.dukpt:
+            return self._encode_plain(response)
+        return await self._encode_signed(response, terminal, message)
+
+
+def _with_settlement_date(
+    decide: Callable[[CardSnapshot | None], Outcome], today: date, snapshot: CardSnapshot | None
+) -> Outcome:
+    outcome = decide(snapshot)
+    fields = dict(outcome.response_fields)
+    fields[15] = today.strftime("%m%d")
+    return replace(outcome, response_fields=fields)
+
+
+def _replayed(result: JobResult) -> tuple[str, dict[int, str]]:
+    if result.conflict:
+        return "94", {}
+    return result.response_code, dict(result.response_fields)
+
+
+class GroupCommitterLike(Protocol):
+    """Structural type of :class:`ledger.store.GroupCommitter` as the service uses it."""
+
+    def submit(self, job: AuthorizationJob) -> concurrent.futures.Future[JobResult]:
+        """Queue a job; the future resolves once its batch has committed."""
+        ...
