@@ -115,6 +115,12 @@ class Service:
         response_mti = self.dialect.response_mti.get(message.mti)
         if response_mti is None:
             return await self._answer_unknown_mti(message, peer)
+        if not (message.has(11) and message.has(41)):
+            # A terminal matches answers by MTI, field 11 and field 41: without them, no answer.
+            log.warning(
+                "request without field 11 or 41 dropped", extra={"peer": peer, "mti": message.mti}
+            )
+            return None
         terminal = self.directory.terminal(message.get(41) or "")
         if terminal is None:
             log.warning(
