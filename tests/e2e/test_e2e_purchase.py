@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from helpers import M0002, M0003, M0004, amounts, ask, talk
-
-from conftest import RunningSwitch, make_config, running_switch
 from ledger import demo
 from scripts.pos import PosTerminal
 from switch.codec import Message, decode
 from switch.dialects import get_dialect
 from switch.dialects.base import Framing
+
+from conftest import RunningSwitch, make_config, running_switch
+from helpers import M0002, M0003, M0004, amounts, ask, talk
 
 DIALECT = get_dialect("shetab87")
 

@@ -12,15 +12,16 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import M0002, M0006, amounts, ask, talk
 
-from conftest import RunningSwitch, fresh_postgres_database, make_config, running_switch
 from hsm_sim.hsm import Hsm, PinCheck
 from hsm_sim.keys import Lmk
 from scripts.pos import PosClient, PosTerminal
 from switch.codec import Message, decode, encode
 from switch.dialects import get_dialect
 from switch.hsm_port import InProcessHsmPort
+
+from conftest import RunningSwitch, fresh_postgres_database, make_config, running_switch
+from helpers import M0002, M0006, amounts, ask, talk
 
 DIALECT = get_dialect("shetab87")
 
