@@ -57,9 +57,8 @@ Fill = bytes | Callable[[int], bytes] | None
 
 PIN_LENGTH_MIN = 4
 PIN_LENGTH_MAX = 12
-PAN_LENGTH_MIN = 13
-PAN_LENGTH_MAX = 19
 PAN_LENGTH_MAX_ISO_4 = 19
+FILL_DRAWS_MAX = 16
 ACCOUNT_DIGITS = 12
 
 
@@ -125,12 +124,15 @@ def _fill_nibbles(fill: Fill, count: int, *, low: int) -> str:
         return nibbles
     span = 16 - low
     out: list[str] = []
-    while len(out) < count:
+    for _draw in range(FILL_DRAWS_MAX):
         for byte in _random_bytes(fill, count):
             # Rejection sampling keeps every allowed nibble equally likely.
             if byte < 256 - 256 % span and len(out) < count:
                 out.append(f"{low + byte % span:X}")
-    return "".join(out)
+        if len(out) == count:
+            return "".join(out)
+    # Only a broken or adversarial source gets here; secrets needs one draw almost always.
+    raise ValueError(f"random source gave no usable fill in {FILL_DRAWS_MAX} draws")
 
 
 def _pin_field(control: int, pin: str, fill_nibbles: str) -> bytes:
