@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import doctest
+import importlib
 from pathlib import Path
 
 import pytest
@@ -238,3 +240,11 @@ def test_tr31_wrap_unwrap(version: str, kbpk_length: int) -> None:
 def test_tr31_header_errors(block: str, reason: str) -> None:
     with pytest.raises(tr31.Tr31Error, match=reason):
         tr31.unwrap_tr31(bytes(16), block)
+
+
+@pytest.mark.parametrize(
+    "module_name", ["des", "pinblock", "pin", "cvv", "mac", "dukpt", "tr31", "keys", "hsm"]
+)
+def test_docstring_examples(module_name: str) -> None:
+    module = importlib.import_module(f"hsm_sim.{module_name}")
+    assert doctest.testmod(module).failed == 0
