@@ -381,3 +381,15 @@ def test_encode_rejects_invalid_values(mti: str, fields: dict[int, str], field: 
 def test_check_field(number: int, value: str, ok: bool) -> None:
     problem = check_field(SHETAB87.by_number[number], value)
     assert (problem is None) == ok
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="decode accepts a secondary bitmap announcing no field 65-128 (all zeros); §2 says "
+    "it is present only when such a field is, and the switch accepts exactly §2",
+)
+def test_empty_secondary_bitmap_rejected() -> None:
+    raw = b"0200" + b"A000000000000000" + b"0000000000000000" + b"000000"
+    with pytest.raises(CodecError) as caught:
+        decode(raw, SHETAB87)
+    assert caught.value.field == "1"
