@@ -36,7 +36,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from ledger import schema
 from ledger.domain import (
@@ -60,6 +60,10 @@ from ledger.model import (
 )
 
 log = logging.getLogger("honar.ledger")
+
+# PostgreSQL deadlock_detected and serialization_failure: the job is retried after the commit.
+RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+LOCK_RETRIES_MAX = 5
 
 ACCOUNT_COLUMNS = (
     schema.accounts.c.id,
@@ -557,6 +561,7 @@ class GroupCommitter:
         self._thread = threading.Thread(target=self._run, name="ledger-commit", daemon=True)
         self.batches = 0
         self.jobs = 0
+        self.lock_retries = 0
         self._started = False
 
     def start(self) -> None:
@@ -596,7 +601,10 @@ class GroupCommitter:
             if batch:
                 self._commit_batch(batch)
 
-    def _run_one(self, connection: Connection, job: AuthorizationJob) -> JobResult | BaseException:
+    def _run_one(
+        self, connection: Connection, job: AuthorizationJob
+    ) -> JobResult | BaseException | None:
+        """Run one job in a savepoint. None means "lock conflict: run it again after commit"."""
         savepoint = connection.begin_nested()
         try:
             result = self.store.run_job(connection, job)
@@ -607,6 +615,17 @@ class GroupCommitter:
             if stored is None:
                 return LedgerError(f"integrity error for {job.key} and no stored answer")
             return replayed_result(stored, job.request_digest)
+        except OperationalError as error:
+            savepoint.rollback()
+            if getattr(error.orig, "sqlstate", None) in RETRYABLE_SQLSTATES:
+                # Another process's batch holds a lock this job needs while waiting for one an
+                # earlier job of ours holds. Give the job's locks back; retry after our commit.
+                return None
+            log.exception(
+                "authorization job failed, rolled back",
+                extra={"tid": job.key.tid, "stan": job.key.stan},
+            )
+            return LedgerError(f"database error: {error.orig}")
         except Exception as error:  # one job's failure (even a bug) must not fail its batch
             savepoint.rollback()
             log.exception(
@@ -618,9 +637,11 @@ class GroupCommitter:
         return result
 
     def _commit_batch(
-        self, batch: list[tuple[AuthorizationJob, concurrent.futures.Future[JobResult]]]
+        self,
+        batch: list[tuple[AuthorizationJob, concurrent.futures.Future[JobResult]]],
+        attempt: int = 1,
     ) -> None:
-        results: list[JobResult | BaseException] = []
+        results: list[JobResult | BaseException | None] = []
         try:
             with self.store.engine.begin() as connection:
                 for job, _future in batch:
@@ -631,12 +652,21 @@ class GroupCommitter:
                 future.set_exception(LedgerError(f"commit failed: {error}"))
             return
         self.batches += 1
-        self.jobs += len(batch)
-        for (_job, future), result in zip(batch, results, strict=True):
-            if isinstance(result, BaseException):
-                future.set_exception(result)
+        again = []
+        for item, result in zip(batch, results, strict=True):
+            if result is None:
+                again.append(item)
+            elif isinstance(result, BaseException):
+                item[1].set_exception(result)
             else:
-                future.set_result(result)
+                self.jobs += 1
+                item[1].set_result(result)
+        if again and attempt >= LOCK_RETRIES_MAX:
+            for _job, future in again:
+                future.set_exception(LedgerError("lock conflicts persisted; job not applied"))
+        elif again:
+            self.lock_retries += len(again)
+            self._commit_batch(again, attempt + 1)
 
 
 def _split(value: str | None) -> frozenset[str]:

@@ -118,8 +118,15 @@ def check_field(spec: FieldSpec, value: str) -> str | None:
 
 def decode(raw: bytes, dialect: Dialect) -> Message:
     """Decode one framed-off message. Raises :class:`CodecError` with field context."""
+    raw = bytes(raw)
+    _check_bitmaps(raw, dialect)
     try:
-        doc_dec, doc_enc = iso8583.decode(bytes(raw), dialect.pyiso_spec)
+        doc_dec, doc_enc = iso8583.decode(raw, dialect.pyiso_spec)
+    except KeyError as error:  # pragma: no cover - _check_bitmaps keeps fields 129+ out
+        raise CodecError(
+            f"field {error.args[0]} is not defined in dialect {dialect.name}",
+            field=str(error.args[0]),
+        ) from None
     except iso8583.DecodeError as error:
         partial = {k: v for k, v in error.doc_dec.items() if isinstance(v, str)}
         if error.field not in ("t", "p", "1", "h") and (
@@ -147,17 +154,52 @@ def decode(raw: bytes, dialect: Dialect) -> Message:
         number = int(key)
         problem = check_field(dialect.by_number[number], value)
         if problem is not None:
-            raise CodecError(problem, field=key, pos=_field_pos(raw, doc_enc, key), partial=partial)
+            raise CodecError(problem, field=key, pos=_field_pos(doc_enc, key), partial=partial)
         fields[number] = value
     if 1 in fields or 65 in fields:  # pragma: no cover - pyiso8583 never returns these as data
         raise CodecError("bitmap fields are not data", field="1", partial=partial)
     return Message(mti, fields)
 
 
-def _field_pos(raw: bytes, doc_enc: Mapping[str, Any], key: str) -> int | None:
-    data = doc_enc.get(key, {}).get("data", b"")
-    found = bytes(raw).find(bytes(doc_enc[key]["len"]) + bytes(data)) if key in doc_enc else -1
-    return None if found < 0 else found
+def _field_pos(doc_enc: Mapping[str, Any], key: str) -> int | None:
+    """Offset of field ``key`` in the message: the sizes of everything decoded before it."""
+    position = 0
+    for name, parts in doc_enc.items():
+        if name == key:
+            return position
+        position += len(parts.get("len", b"")) + len(parts.get("data", b""))
+    return None
+
+
+def _check_bitmaps(raw: bytes, dialect: Dialect) -> None:
+    """Reject what pyiso8583 would read as a tertiary bitmap, and an empty secondary bitmap.
+
+    ISO 8583:1987 as in the spec has two bitmaps of 16 hex characters; bit 65 is not a field of
+    the dialect, and a secondary bitmap is present only when some field 65-128 is.
+    """
+    if len(raw) < 36 or not raw[:4].isdigit():
+        return
+    try:
+        primary, secondary = int(raw[4:20], 16), int(raw[20:36], 16)
+    except ValueError:
+        return  # pyiso8583 reports the bad bitmap with its position
+    if not primary >> 63 & 1:
+        return
+    partial = {"t": raw[:4].decode(), "p": raw[4:20].decode()}
+    if secondary >> 63 & 1 and 65 not in dialect.by_number:
+        raise CodecError(
+            f"field 65 (tertiary bitmap) is not defined in dialect {dialect.name}",
+            field="65",
+            pos=20,
+            partial=partial,
+        )
+    if secondary == 0:
+        raise CodecError(
+            "secondary bitmap present but announces no field 65-128",
+            field="1",
+            pos=20,
+            partial=partial,
+        )
 
 
 def encode(message: Message, dialect: Dialect) -> bytes:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,8 +130,7 @@ def validate(config: Config, where: str = "config") -> Config:
         raise ConfigError(
             f"{where}: switch.frame_size_max {s.frame_size_max} > {limit} ({s.framing})"
         )
-    hours, _, minutes = s.cutover_time.partition(":")
-    if not (hours.isdigit() and minutes.isdigit() and int(hours) < 24 and int(minutes) < 60):
+    if not re.fullmatch(r"([01][0-9]|2[0-3]):[0-5][0-9]", s.cutover_time, flags=re.ASCII):
         raise ConfigError(f"{where}: switch.cutover_time must be HH:MM, got {s.cutover_time!r}")
     if config.hsm.mode not in ("in-process", "tcp"):
         raise ConfigError(f"{where}: hsm.mode must be in-process or tcp, got {config.hsm.mode!r}")
@@ -138,7 +138,7 @@ def validate(config: Config, where: str = "config") -> Config:
         from zoneinfo import ZoneInfo
 
         ZoneInfo(s.business_zone)
-    except (KeyError, ValueError) as error:
+    except (KeyError, ValueError, OSError) as error:
         raise ConfigError(f"{where}: switch.business_zone {s.business_zone!r}: {error}") from None
     return config
 

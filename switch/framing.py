@@ -77,6 +77,8 @@ def parse_prefix(prefix: bytes, framing: Framing) -> int:
 def frame(payload: bytes, framing: Framing) -> bytes:
     """Prefix ``payload`` with its length."""
     size = len(payload)
+    if size == 0:
+        raise ValueError("an empty payload cannot be framed (length 0 is refused by receivers)")
     if framing is Framing.ASCII4:
         if size > 9999:
             raise ValueError(f"payload of {size} bytes does not fit a 4-digit length")

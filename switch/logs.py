@@ -31,6 +31,17 @@ def mask_pans(text: str) -> str:
     return _PAN.sub(lambda m: m.group(1) + "*" * len(m.group(2)) + m.group(3), text)
 
 
+def _masked(value: Any) -> Any:
+    """A log field value with PANs masked, whatever its type (nested values become text)."""
+    if value is None or isinstance(value, bool | float):
+        return value
+    if isinstance(value, int):
+        return value if abs(value) < 10**12 else mask_pans(str(value))
+    if isinstance(value, str):
+        return mask_pans(value)
+    return mask_pans(json.dumps(value, default=str, ensure_ascii=False))
+
+
 class JsonFormatter(logging.Formatter):
     """Render a record as one JSON line."""
 
@@ -47,7 +58,7 @@ class JsonFormatter(logging.Formatter):
                 continue
             if any(secret in name.lower() for secret in _SECRET_NAMES):
                 continue
-            entry[name] = mask_pans(value) if isinstance(value, str) else value
+            entry[name] = _masked(value)
         if record.exc_info:
             entry["exc"] = mask_pans(self.formatException(record.exc_info))
         return json.dumps(entry, default=str, ensure_ascii=False)

@@ -616,12 +616,6 @@ def test_two_committers_race_on_one_purse_postgres(pg_url: str, pg_demo_store: S
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: two processes' batches lock cards, purses and merchant accounts in job order and "
-    "hold them to commit, so crossing batches deadlock on PostgreSQL; the victim job fails with "
-    "an exception instead of being retried",
-)
 def test_two_committers_crossing_lock_order_do_not_fail_jobs_postgres(
     pg_url: str, pg_demo_store: Store
 ) -> None:

@@ -291,22 +291,12 @@ def test_codec_error_is_a_value_error_with_format_error_hint() -> None:
     assert str(CodecError("bad")) == "bad"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bit 65 makes pyiso8583 read a third bitmap and look up spec['129']: KeyError "
-    "escapes decode instead of a CodecError",
-)
 def test_tertiary_bitmap_with_field_129_is_a_codec_error() -> None:
     raw = b"0200" + b"8000000000000000" + b"8000000000000000" + b"8000000000000000"
     with pytest.raises(CodecError):
         decode(raw, SHETAB87)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bit 65 is read as a tertiary bitmap and a 32-char secondary bitmap is accepted; "
-    "field 65 is not in shetab87 and §2 allows exactly 16 hex chars per bitmap",
-)
 def test_bit_65_is_a_codec_error_naming_field_65() -> None:
     raw = b"0200" + b"8000000000000000" + b"8000000000000000" + b"0000000000000000"
     with pytest.raises(CodecError) as caught:
@@ -314,12 +304,6 @@ def test_bit_65_is_a_codec_error_naming_field_65() -> None:
     assert caught.value.field == "65"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_field_pos searches the raw bytes for the field's prefix+data, so the first "
-    "occurrence wins: a bad field 54 whose bytes also appear in field 52 is reported at "
-    "field 52's position",
-)
 def test_error_position_points_at_the_bad_field_not_an_earlier_copy() -> None:
     pin_block = b"003\x01\x02\x03xx"
     raw = encode(Message("0200", {52: pin_block.hex().upper(), 54: "abc"}), SHETAB87)
@@ -383,11 +367,6 @@ def test_check_field(number: int, value: str, ok: bool) -> None:
     assert (problem is None) == ok
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="decode accepts a secondary bitmap announcing no field 65-128 (all zeros); §2 says "
-    "it is present only when such a field is, and the switch accepts exactly §2",
-)
 def test_empty_secondary_bitmap_rejected() -> None:
     raw = b"0200" + b"A000000000000000" + b"0000000000000000" + b"000000"
     with pytest.raises(CodecError) as caught:

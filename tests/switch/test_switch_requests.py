@@ -453,11 +453,6 @@ def test_json_formatter_through_a_logger() -> None:
     assert json.loads(output)["pan"] == "636214******4546"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="JsonFormatter masks only str values: a PAN inside a dict, list or other object "
-    "passed in extra is written in clear (json.dumps default=str)",
-)
 def test_json_formatter_masks_pans_in_nested_values() -> None:
     record = logging.LogRecord("honar.switch", logging.INFO, __file__, 1, "request", (), None)
     record.card = {"number": PAN}
@@ -466,3 +461,21 @@ def test_json_formatter_masks_pans_in_nested_values() -> None:
     line = JsonFormatter().format(record)
     assert PAN not in line
     assert OTHER_PAN not in line
+
+
+@pytest.mark.parametrize(
+    ("utc", "expected"),
+    [
+        ("2026-12-04T17:29:00", "2026-12-04"),  # 20:59 Tehran: before a 21:00 cutover
+        ("2026-12-04T17:30:00", "2026-12-05"),  # 21:00 Tehran: the next business date opens
+        ("2026-12-04T20:29:00", "2026-12-05"),  # 23:59 Tehran
+        ("2026-12-04T20:31:00", "2026-12-05"),  # 00:01 Tehran on the 5th
+    ],
+)
+def test_evening_cutover_opens_the_next_business_date(utc: str, expected: str) -> None:
+    from datetime import UTC as _UTC
+    from datetime import datetime as _datetime
+
+    calendar = BusinessCalendar("Asia/Tehran", "21:00")
+    now = _datetime.fromisoformat(utc).replace(tzinfo=_UTC)
+    assert calendar.business_date(now).isoformat() == expected
