@@ -27,6 +27,7 @@ from switch.dialects.base import Framing
 from switch.hsm_port import HsmPort, InProcessHsmPort
 from switch.server import ServerLimits, SwitchServer
 from switch.service import Service
+from switch.trace import TraceWriter
 
 log = logging.getLogger("honar.app")
 
@@ -79,11 +80,14 @@ class App:
     committer: GroupCommitter
     service: Service
     server: SwitchServer
+    tracer: TraceWriter | None = None
 
     def close(self) -> None:
         """Stop the committer (after its queue is empty) and release the database."""
         self.committer.stop()
         self.store.close()
+        if self.tracer is not None:
+            self.tracer.close()
 
 
 def build_app(config: Config, *, hsm_port: HsmPort | None = None) -> App:
@@ -115,12 +119,19 @@ def build_app(config: Config, *, hsm_port: HsmPort | None = None) -> App:
         idle_timeout_s=s.idle_timeout_s,
         graceful_timeout_s=s.graceful_timeout_s,
     )
+    tracer = TraceWriter(
+        config.trace_directory,
+        file_size_max=config.trace.file_size_max,
+        files_max=config.trace.files_max,
+        enabled=config.trace.enabled,
+    )
     server = SwitchServer(
         lambda payload, peer: service.handle(payload, peer=peer),
         framing=Framing(s.framing),
         limits=limits,
+        trace=tracer.write,
     )
-    return App(config, store, hsm, committer, service, server)
+    return App(config, store, hsm, committer, service, server, tracer)
 
 
 async def serve(
@@ -129,7 +140,10 @@ async def serve(
     on_ready: Callable[[str, int], None] | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
-    """Serve until SIGINT/SIGTERM (or ``stop`` is set), then shut down gracefully."""
+    """Serve until SIGINT/SIGTERM (or ``stop`` is set), then shut down gracefully.
+
+    SIGUSR1 switches frame tracing on and off.
+    """
     app = await asyncio.to_thread(build_app, config)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -137,6 +151,9 @@ async def serve(
         # Not possible outside the main thread (tests run the server in a thread).
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
+    if app.tracer is not None:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGUSR1, app.tracer.toggle)
     try:
         host, port = await app.server.start(config.switch.host, config.switch.port)
         log.info("listening", extra={"host": host, "port": port, "dialect": config.switch.dialect})

@@ -63,18 +63,34 @@ class HsmConfig:
 
 
 @dataclass(frozen=True)
+class TraceConfig:
+    """Frame tracing (spec/trace-format.md); SIGUSR1 switches it on and off at run time."""
+
+    enabled: bool = False
+    directory: str = ""  # empty: <data_dir>/trace
+    file_size_max: int = 64 * 1024 * 1024
+    files_max: int = 20
+
+
+@dataclass(frozen=True)
 class Config:
     """All settings."""
 
     switch: SwitchConfig = field(default_factory=SwitchConfig)
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
     hsm: HsmConfig = field(default_factory=HsmConfig)
+    trace: TraceConfig = field(default_factory=TraceConfig)
     data_dir: str = str(DEFAULT_DATA_DIR)
 
     @property
     def ledger_url(self) -> str:
         """The SQLAlchemy URL of the ledger (SQLite under ``data_dir`` when not set)."""
         return self.ledger.url or f"sqlite:///{Path(self.data_dir) / 'honar.db'}"
+
+    @property
+    def trace_directory(self) -> Path:
+        """Where trace files go (``trace`` under ``data_dir`` when not set)."""
+        return Path(self.trace.directory or Path(self.data_dir) / "trace")
 
 
 _POSITIVE = {
@@ -86,6 +102,8 @@ _POSITIVE = {
     "graceful_timeout_s",
     "batch_max",
     "timeout_s",
+    "file_size_max",
+    "files_max",
 }
 
 
