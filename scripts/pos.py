@@ -387,6 +387,39 @@ def _card_expiry(pan: str, expiry: str | None) -> str:
     raise ValueError("give --expiry YYMM (the PAN is not a demo card)")
 
 
+def register(commands: Any) -> None:
+    """Add ``honar pos ...`` to the command line."""
+    pos = commands.add_parser("pos", help="POS simulator: send one message, print the answer")
+    pos_commands = pos.add_subparsers(dest="pos_command", required=True)
+    for name, text in (
+        ("purchase", "0200 purchase"),
+        ("balance", "0200 balance inquiry"),
+        ("echo", "0800 echo"),
+        ("signon", "0800 sign-on"),
+        ("signoff", "0800 sign-off"),
+        ("keyexchange", "0800 key exchange"),
+    ):
+        sub = pos_commands.add_parser(name, help=text)
+        sub.add_argument("--terminal", default="HNR00004", help="demo terminal id")
+        sub.add_argument("--host", default="127.0.0.1")
+        sub.add_argument("--port", type=int, default=8583)
+        sub.add_argument("--framing", default="ascii4", choices=["ascii4", "binary2"])
+        sub.add_argument("--timeout", type=float, default=10.0)
+        sub.add_argument(
+            "--state",
+            default=str(DEFAULT_STATE),
+            help="terminal state file (working keys, STAN, KSN)",
+        )
+        sub.add_argument("--tamper-mac", action="store_true", help="flip a bit of the MAC")
+        if name in ("purchase", "balance"):
+            sub.add_argument("--pan", required=True)
+            sub.add_argument("--pin", help="PIN entered on the PIN pad")
+            sub.add_argument("--expiry", help="YYMM (default: the demo card's)")
+        if name == "purchase":
+            sub.add_argument("--amount", type=int, required=True, help="IRR")
+        sub.set_defaults(func=run_command)
+
+
 async def run_command(args: Any) -> int:
     """Carry out one ``honar pos`` command; print the exchange; return the exit code."""
     state_path = Path(args.state)
