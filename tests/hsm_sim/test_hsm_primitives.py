@@ -16,6 +16,8 @@ from hsm_sim.pinblock import PinBlockError
 
 HSM_SIM_DIR = Path(__file__).resolve().parents[2] / "hsm_sim"
 FORBIDDEN_IMPORTS = {"asyncio", "socket", "time", "random", "sqlalchemy"}
+# The TCP face wraps the core and may use asyncio (as tests/test_architecture.py allows).
+TRANSPORT_MODULES = {"server.py", "client.py"}
 
 KEY = bytes.fromhex("0123456789ABCDEFFEDCBA9876543210")
 PAN = "5555555551234567"
@@ -23,6 +25,8 @@ PAN = "5555555551234567"
 
 def test_core_imports_no_io_clock_or_random() -> None:
     for path in sorted(HSM_SIM_DIR.glob("*.py")):
+        if path.name in TRANSPORT_MODULES:
+            continue
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
