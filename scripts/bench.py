@@ -164,6 +164,7 @@ class Row:
     phase: str
     result: LoadResult
     cpu_s: float
+    generator_cpu_s: float = 0.0
 
     @property
     def cpu_ms_per_answer(self) -> float:
@@ -174,6 +175,11 @@ class Row:
     def cpu_busy(self) -> float:
         """Server CPU seconds per second of the run (1.0 = one core fully busy)."""
         return self.cpu_s / self.result.elapsed_s if self.result.elapsed_s else 0.0
+
+    @property
+    def generator_busy(self) -> float:
+        """The generator's CPU seconds per second of the run: near 1.0, it was the limit."""
+        return self.generator_cpu_s / self.result.elapsed_s if self.result.elapsed_s else 0.0
 
     def to_json(self) -> dict[str, Any]:
         """The row as JSON-ready data."""
@@ -190,6 +196,7 @@ class Row:
             "max_ms": round(r.percentile_ms(100), 3),
             "cpu_ms_per_answer": round(self.cpu_ms_per_answer, 4),
             "cpu_busy": round(self.cpu_busy, 3),
+            "generator_busy": round(self.generator_busy, 3),
         }
 
 
@@ -261,6 +268,7 @@ class Bench:
     ) -> Row:
         await asyncio.sleep(0.2)  # let the previous phase's stragglers settle
         before = cpu_seconds(pid)
+        own = os.times()
         result = await drive(
             "127.0.0.1",
             port,
@@ -271,14 +279,18 @@ class Bench:
             duration_s=duration_s,
             timeout_s=self.profile.timeout_s,
         )
-        return Row(name, phase, result, cpu_seconds(pid) - before)
+        server_cpu_s = cpu_seconds(pid) - before
+        now = os.times()
+        generator_cpu_s = now.user + now.system - own.user - own.system
+        return Row(name, phase, result, server_cpu_s, generator_cpu_s)
 
 
 def table(rows: list[Row]) -> str:
     """The rows as a fixed-width table, then the full/baseline ratios."""
     head = (
         f"{'server':<9} {'phase':<14} {'answered':>9} {'approved':>9} {'lost':>6} {'per s':>8} "
-        f"{'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'CPU ms/txn':>11} {'CPU busy':>9}"
+        f"{'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'CPU ms/txn':>11} {'CPU busy':>9} "
+        f"{'gen busy':>9}"
     )
     lines = [head, "-" * len(head)]
     for row in rows:
@@ -286,7 +298,8 @@ def table(rows: list[Row]) -> str:
         lines.append(
             f"{row.server:<9} {row.phase:<14} {r.answered:>9} {r.approved:>9} {r.timed_out:>6} "
             f"{r.throughput:>8.0f} {r.percentile_ms(50):>8.2f} {r.percentile_ms(99):>8.2f} "
-            f"{r.percentile_ms(100):>8.2f} {row.cpu_ms_per_answer:>11.3f} {row.cpu_busy:>9.2f}"
+            f"{r.percentile_ms(100):>8.2f} {row.cpu_ms_per_answer:>11.3f} {row.cpu_busy:>9.2f} "
+            f"{row.generator_busy:>9.2f}"
         )
     closed = {row.server: row for row in rows if row.phase.startswith("closed")}
     if "baseline" in closed and "switch" in closed:
@@ -306,6 +319,8 @@ async def run_bench(args: argparse.Namespace) -> int:
         profile = Profile(**{**profile.__dict__, "connections": args.connections})
     if args.in_flight:
         profile = Profile(**{**profile.__dict__, "in_flight": args.in_flight})
+    if args.rate:
+        profile = Profile(**{**profile.__dict__, "rate": args.rate})
     pin = (os.cpu_count() or 1) >= 2 and not args.no_pin
     if pin:
         _pin_to(1)
@@ -356,6 +371,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="short run (< 20 s) for CI")
     parser.add_argument("--connections", type=int, help="override the profile's connections")
     parser.add_argument("--in-flight", type=int, help="override the profile's requests in flight")
+    parser.add_argument(
+        "--rate", type=float, help="offered rate of the open-loop phase (default 1000/s)"
+    )
     parser.add_argument("--only", choices=["baseline", "switch"], help="run one server only")
     parser.add_argument("--terminal", default="HNR00004", help="demo terminal id")
     parser.add_argument(
