@@ -113,6 +113,12 @@ CARDS = (
 )
 # fmt: on
 
+# code: (chains, merchant ids, MCCs, percent, cap, uses max, period, funded by, valid from, to)
+DISCOUNT_RULES = {
+    "HOTEL20": ("ITTO", "", "", 20, 5_000_000, 4, "month", "merchant", "2026-01-01", "2027-12-31"),
+    "BOOK10": ("", "", "5942", 10, 1_000_000, 0, "", "MOC-BOOK", "2026-01-01", "2027-12-31"),
+}
+
 LIMITS_DEFAULT = {
     "daily_amount_max": 200_000_000,
     "daily_count_max": 50,
@@ -150,7 +156,7 @@ def load_demo(store: Store, hsm: IssuingHsm) -> None:
     """
     pvk = hsm.import_clear_key(PVK_CLEAR, "002")
     bdk = hsm.import_clear_key(BDK_CLEAR, "009")
-    with store.engine.begin() as connection:
+    with store.transaction() as connection:
         program_accounts: dict[str, int] = {}
         for code, name in PROGRAMS:
             account_id = store.create_account(
@@ -164,6 +170,24 @@ def load_demo(store: Store, hsm: IssuingHsm) -> None:
             connection.execute(
                 schema.purse_kinds.insert().values(
                     code=purse, chains=chains, merchant_ids=merchant_ids, mccs=mccs, expires=expires
+                )
+            )
+        for code, rule in DISCOUNT_RULES.items():
+            chains, ids, mccs, percent, cap, uses, period, funded_by, start, end = rule
+            connection.execute(
+                schema.discount_rules.insert().values(
+                    code=code,
+                    chains=chains,
+                    merchant_ids=ids,
+                    mccs=mccs,
+                    percent=percent,
+                    fixed_amount=0,
+                    cap_amount=cap,
+                    uses_max=uses,
+                    uses_period=period,
+                    funded_by=funded_by,
+                    valid_from=start,
+                    valid_to=end,
                 )
             )
         for m in MERCHANTS:

@@ -1,17 +1,19 @@
 """Domain records the ledger stores and the switch reads: cards, purses, transactions, jobs.
 
 All frozen values. An :class:`AuthorizationJob` is what the switch hands to the ledger's group
-committer: the transaction key (for exactly-once), and a pure ``decide`` function that is called
-inside the database transaction with a fresh, locked :class:`CardSnapshot` and returns an
-:class:`Outcome` (response code, transfers to post, card updates, response fields).
+committer: the transaction key (for exactly-once), and a ``decide`` function that is called
+inside the database transaction with a :class:`LedgerView` (the fresh, locked card snapshot and
+read access to earlier requests) and returns an :class:`Outcome` (response code, transfers to
+post, card and original-request updates, response fields, event fields).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from ledger.model import Account, TransferCode
+from ledger.model import Account, TransferCode, TransferFlags
 
 CURRENCY_IRR = 364
 
@@ -80,16 +82,122 @@ class StoredTransaction:
     request_digest: str
     response_code: str
     response_fields: Mapping[int, str]
+    card_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Posting:
-    """One transfer a decision asks for."""
+    """One transfer a decision asks for (all postings of a decision succeed or fail together).
+
+    ``id`` is derived from the request when empty. Holds are ``PENDING`` postings with a
+    ``timeout_s``; a completion or reversal resolves one with ``POST_PENDING``/``VOID_PENDING``
+    and ``pending_id``.
+    """
 
     debit_account_id: int
     credit_account_id: int
     amount: int
     code: TransferCode
+    flags: TransferFlags = TransferFlags.NONE
+    pending_id: str | None = None
+    timeout_s: int = 0
+    id: str = ""
+    user_data: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionRecord:
+    """A stored request/response of the switch journal (what flows look up)."""
+
+    id: int
+    tid: str
+    stan: str
+    transmission: str
+    mti: str
+    kind: str
+    processing_code: str
+    card_id: int | None
+    member_id: str | None
+    merchant_id: str | None
+    pan_masked: str | None
+    amount: int
+    response_code: str
+    rrn: str
+    auth_id: str
+    business_date: str
+    created_at: str
+    discount: int
+    discount_rule: str
+    discount_funded_by: str
+    amount_charged: int
+    purses_used: str
+    original_id: int | None
+    reversed_amount: int
+    refunded_amount: int
+    hold_state: str
+    hold_expires_at: str | None
+    tombstone: bool
+    transfer_ids: tuple[str, ...] = ()
+
+    @property
+    def approved(self) -> bool:
+        """True when the switch answered 00."""
+        return self.response_code == "00"
+
+
+@dataclass(frozen=True, slots=True)
+class TerminalTotals:
+    """Reconciliation totals of one terminal for one business date."""
+
+    debits_count: int
+    debits_amount: int
+    credits_count: int
+    credits_amount: int
+
+
+class LedgerView(Protocol):
+    """What a decision may read inside its database transaction (rows it uses are locked)."""
+
+    @property
+    def snapshot(self) -> CardSnapshot | None:
+        """The job's card with its member's purses (None when the job has no card)."""
+        ...
+
+    def transaction_by_key(self, key: TransactionKey) -> TransactionRecord | None:
+        """A stored request by terminal, STAN and transmission time."""
+        ...
+
+    def transaction_by_rrn(self, merchant_id: str, rrn: str) -> TransactionRecord | None:
+        """An approved purchase or completion of ``merchant_id`` with this RRN."""
+        ...
+
+    def transaction_by_id(self, transaction_id: int) -> TransactionRecord | None:
+        """A stored request by id."""
+        ...
+
+    def card_day_totals(self, card_id: int, business_date: str) -> tuple[int, int]:
+        """Amount and count of the card's approved, unreversed payments on that date."""
+        ...
+
+    def rule_uses(self, member_id: str, rule: str, since: str) -> int:
+        """Approved, unreversed payments of the member with this discount rule since a date."""
+        ...
+
+    def terminal_totals(self, tid: str, business_date: str) -> TerminalTotals:
+        """The switch's reconciliation totals for a terminal and business date."""
+        ...
+
+    def postings_of(self, transaction_id: int) -> tuple[Posting, ...]:
+        """The transfers a stored request made, as postings (ids included)."""
+        ...
+
+    def children(self, original_id: int) -> tuple[TransactionRecord, ...]:
+        """Approved requests that refer to ``original_id`` (refunds, reversals, completions)."""
+        ...
+
+    def tombstoned(self, key: TransactionKey) -> bool:
+        """True when a reversal arrived for this request before the request itself."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -101,6 +209,10 @@ class Outcome:
     postings: tuple[Posting, ...] = ()
     pin_failures: int | None = None  # new value of the card's PIN failure counter
     amount: int = 0
+    record: Mapping[str, Any] = field(default_factory=dict)  # more columns of the row
+    updates: tuple[tuple[int, Mapping[str, Any]], ...] = ()  # (transaction id, changes)
+    event: Mapping[str, Any] | None = None  # extra fields of the outbox event
+    tombstone: TransactionKey | None = None  # a reversal of a request not seen yet
 
 
 @dataclass(frozen=True)
@@ -116,8 +228,9 @@ class AuthorizationJob:
     pan_masked: str | None
     business_date: str  # YYYY-MM-DD
     now: str  # UTC ISO 8601
-    decide: Callable[[CardSnapshot | None], Outcome]
+    decide: Callable[[LedgerView], Outcome]
     assign_rrn: bool = True
+    processing_code: str = ""
 
 
 @dataclass(frozen=True)

@@ -28,10 +28,22 @@ class AccountFlags(enum.IntFlag):
 
 
 class TransferFlags(enum.IntFlag):
-    """How a transfer behaves (two-phase transfers arrive with the ledger issue)."""
+    """How a transfer behaves. Values never change: they are stored."""
 
     NONE = 0
-    PENDING = 1
+    LINKED = 1  # succeeds or fails together with the next transfer of the chain
+    PENDING = 2  # a hold: moves pending totals; later posted, voided or expired
+    POST_PENDING = 4  # posts (all or part of) the pending transfer ``pending_id``
+    VOID_PENDING = 8  # releases the pending transfer ``pending_id``
+
+
+class PendingState(enum.Enum):
+    """Where a pending transfer stands."""
+
+    PENDING = "pending"
+    POSTED = "posted"
+    VOIDED = "voided"
+    EXPIRED = "expired"
 
 
 class TransferCode(enum.IntEnum):
@@ -49,13 +61,26 @@ class TransferStatus(enum.Enum):
     """Result of creating a transfer, in precedence order (first that applies wins)."""
 
     CREATED = "created"
+    LINKED_EVENT_FAILED = "linked_event_failed"
+    LINKED_EVENT_CHAIN_OPEN = "linked_event_chain_open"
     EXISTS = "exists"
     EXISTS_WITH_DIFFERENT_FIELDS = "exists_with_different_fields"
+    FLAGS_ARE_MUTUALLY_EXCLUSIVE = "flags_are_mutually_exclusive"
+    PENDING_ID_MUST_BE_SET = "pending_id_must_be_set"
+    PENDING_ID_MUST_NOT_BE_SET = "pending_id_must_not_be_set"
+    TIMEOUT_RESERVED_FOR_PENDING_TRANSFER = "timeout_reserved_for_pending_transfer"
     AMOUNT_MUST_BE_POSITIVE = "amount_must_be_positive"
+    PENDING_TRANSFER_NOT_FOUND = "pending_transfer_not_found"
+    PENDING_TRANSFER_NOT_PENDING = "pending_transfer_not_pending"
+    PENDING_TRANSFER_ALREADY_POSTED = "pending_transfer_already_posted"
+    PENDING_TRANSFER_ALREADY_VOIDED = "pending_transfer_already_voided"
+    PENDING_TRANSFER_EXPIRED = "pending_transfer_expired"
+    EXCEEDS_PENDING_TRANSFER_AMOUNT = "exceeds_pending_transfer_amount"
     ACCOUNTS_MUST_BE_DIFFERENT = "accounts_must_be_different"
     DEBIT_ACCOUNT_NOT_FOUND = "debit_account_not_found"
     CREDIT_ACCOUNT_NOT_FOUND = "credit_account_not_found"
     LEDGERS_MUST_BE_EQUAL = "ledgers_must_be_equal"
+    PENDING_TRANSFER_HAS_DIFFERENT_ACCOUNTS = "pending_transfer_has_different_accounts"
     EXCEEDS_CREDITS = "exceeds_credits"
     EXCEEDS_DEBITS = "exceeds_debits"
 
@@ -97,6 +122,7 @@ class Transfer:
     flags: TransferFlags = TransferFlags.NONE
     pending_id: str | None = None
     user_data: str = ""
+    timeout_s: int = 0  # pending transfers only: expires this many seconds after creation
 
 
 def check_transfer(
@@ -104,8 +130,14 @@ def check_transfer(
     debit: Account | None,
     credit: Account | None,
     existing: Transfer | None = None,
+    pending: Transfer | None = None,
+    pending_state: PendingState | None = None,
 ) -> TransferStatus:
     """Decide, without side effects, whether ``transfer`` may be applied.
+
+    For a post or void, ``pending`` is the transfer named by ``pending_id`` (None when there is
+    no such transfer) and ``pending_state`` its state. A post's amount of 0 means "the whole
+    pending amount"; a void always releases the whole pending amount.
 
     >>> a = Account(1, "purse", 364, AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS, credits_posted=5)
     >>> b = Account(2, "merchant", 364, AccountFlags.NONE)
@@ -115,8 +147,58 @@ def check_transfer(
     if existing is not None:
         same = replace(existing, id=transfer.id) == transfer
         return TransferStatus.EXISTS if same else TransferStatus.EXISTS_WITH_DIFFERENT_FIELDS
+    kinds = transfer.flags & (
+        TransferFlags.PENDING | TransferFlags.POST_PENDING | TransferFlags.VOID_PENDING
+    )
+    if bin(int(kinds)).count("1") > 1:
+        return TransferStatus.FLAGS_ARE_MUTUALLY_EXCLUSIVE
+    resolving = bool(kinds & (TransferFlags.POST_PENDING | TransferFlags.VOID_PENDING))
+    if resolving and transfer.pending_id is None:
+        return TransferStatus.PENDING_ID_MUST_BE_SET
+    if not resolving and transfer.pending_id is not None:
+        return TransferStatus.PENDING_ID_MUST_NOT_BE_SET
+    if transfer.timeout_s and not kinds & TransferFlags.PENDING:
+        return TransferStatus.TIMEOUT_RESERVED_FOR_PENDING_TRANSFER
+    if resolving:
+        return _check_resolution(transfer, debit, credit, pending, pending_state)
     if transfer.amount <= 0:
         return TransferStatus.AMOUNT_MUST_BE_POSITIVE
+    return _check_accounts(transfer, debit, credit, transfer.amount)
+
+
+def _check_resolution(
+    transfer: Transfer,
+    debit: Account | None,
+    credit: Account | None,
+    pending: Transfer | None,
+    state: PendingState | None,
+) -> TransferStatus:
+    if transfer.amount < 0:
+        return TransferStatus.AMOUNT_MUST_BE_POSITIVE
+    if pending is None:
+        return TransferStatus.PENDING_TRANSFER_NOT_FOUND
+    if not pending.flags & TransferFlags.PENDING:
+        return TransferStatus.PENDING_TRANSFER_NOT_PENDING
+    if state is PendingState.POSTED:
+        return TransferStatus.PENDING_TRANSFER_ALREADY_POSTED
+    if state is PendingState.VOIDED:
+        return TransferStatus.PENDING_TRANSFER_ALREADY_VOIDED
+    if state is PendingState.EXPIRED:
+        return TransferStatus.PENDING_TRANSFER_EXPIRED
+    if transfer.amount > pending.amount:
+        return TransferStatus.EXCEEDS_PENDING_TRANSFER_AMOUNT
+    if (transfer.debit_account_id, transfer.credit_account_id) != (
+        pending.debit_account_id,
+        pending.credit_account_id,
+    ):
+        return TransferStatus.PENDING_TRANSFER_HAS_DIFFERENT_ACCOUNTS
+    status = _check_accounts(transfer, debit, credit, 0)
+    return status  # releasing or posting at most the held amount cannot break a limit
+
+
+def _check_accounts(
+    transfer: Transfer, debit: Account | None, credit: Account | None, amount: int
+) -> TransferStatus:
     if transfer.debit_account_id == transfer.credit_account_id:
         return TransferStatus.ACCOUNTS_MUST_BE_DIFFERENT
     if debit is None:
@@ -125,25 +207,50 @@ def check_transfer(
         return TransferStatus.CREDIT_ACCOUNT_NOT_FOUND
     if not (debit.ledger == credit.ledger == transfer.ledger):
         return TransferStatus.LEDGERS_MUST_BE_EQUAL
-    if debit.flags & AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS:
-        debits = debit.debits_posted + debit.debits_pending + transfer.amount
-        if debits > debit.credits_posted:
-            return TransferStatus.EXCEEDS_CREDITS
-    if credit.flags & AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS:
-        credits = credit.credits_posted + credit.credits_pending + transfer.amount
-        if credits > credit.debits_posted:
-            return TransferStatus.EXCEEDS_DEBITS
+    debits = debit.debits_posted + debit.debits_pending + amount
+    if debit.flags & AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS and debits > debit.credits_posted:
+        return TransferStatus.EXCEEDS_CREDITS
+    credits = credit.credits_posted + credit.credits_pending + amount
+    if (
+        credit.flags & AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS
+        and credits > credit.debits_posted
+    ):
+        return TransferStatus.EXCEEDS_DEBITS
     return TransferStatus.CREATED
 
 
-def apply_transfer(debit: Account, credit: Account, transfer: Transfer) -> tuple[Account, Account]:
+def apply_transfer(
+    debit: Account, credit: Account, transfer: Transfer, pending: Transfer | None = None
+) -> tuple[Account, Account]:
     """The two accounts after ``transfer`` (which :func:`check_transfer` has accepted)."""
     if transfer.flags & TransferFlags.PENDING:
         return (
             replace(debit, debits_pending=debit.debits_pending + transfer.amount),
             replace(credit, credits_pending=credit.credits_pending + transfer.amount),
         )
+    if transfer.flags & (TransferFlags.POST_PENDING | TransferFlags.VOID_PENDING):
+        assert pending is not None, "a post or void needs its pending transfer"
+        posted = posted_amount(transfer, pending)
+        return (
+            replace(
+                debit,
+                debits_pending=debit.debits_pending - pending.amount,
+                debits_posted=debit.debits_posted + posted,
+            ),
+            replace(
+                credit,
+                credits_pending=credit.credits_pending - pending.amount,
+                credits_posted=credit.credits_posted + posted,
+            ),
+        )
     return (
         replace(debit, debits_posted=debit.debits_posted + transfer.amount),
         replace(credit, credits_posted=credit.credits_posted + transfer.amount),
     )
+
+
+def posted_amount(transfer: Transfer, pending: Transfer) -> int:
+    """What a post or void moves to the posted totals (a void: nothing; a post of 0: all)."""
+    if transfer.flags & TransferFlags.VOID_PENDING:
+        return 0
+    return transfer.amount or pending.amount

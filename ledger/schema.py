@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -49,22 +50,32 @@ accounts = Table(
     Column("credits_posted", BigInteger, nullable=False, default=0),
 )
 
+
+def _transfers_v1_columns() -> list[Column[Any]]:
+    return [
+        Column("seq", Integer, primary_key=True),
+        Column("id", String(80), nullable=False, unique=True),
+        Column("debit_account_id", Integer, nullable=False, index=True),
+        Column("credit_account_id", Integer, nullable=False, index=True),
+        Column("amount", BigInteger, nullable=False),
+        Column("ledger", Integer, nullable=False),
+        Column("code", Integer, nullable=False),
+        Column("flags", Integer, nullable=False),
+        Column("pending_id", String(80)),
+        Column("user_data", String(200), nullable=False, default=""),
+        Column("transaction_id", Integer, index=True),
+        Column("business_date", String(10), nullable=False),
+        Column("created_at", String(32), nullable=False),
+    ]
+
+
+_transfers_v1 = Table("transfers", MetaData(), *_transfers_v1_columns())
+
 transfers = Table(
     "transfers",
     metadata,
-    Column("seq", Integer, primary_key=True),
-    Column("id", String(80), nullable=False, unique=True),
-    Column("debit_account_id", Integer, nullable=False, index=True),
-    Column("credit_account_id", Integer, nullable=False, index=True),
-    Column("amount", BigInteger, nullable=False),
-    Column("ledger", Integer, nullable=False),
-    Column("code", Integer, nullable=False),
-    Column("flags", Integer, nullable=False),
-    Column("pending_id", String(80)),
-    Column("user_data", String(200), nullable=False, default=""),
-    Column("transaction_id", Integer, index=True),
-    Column("business_date", String(10), nullable=False),
-    Column("created_at", String(32), nullable=False),
+    *_transfers_v1_columns(),
+    Column("timeout_s", Integer, nullable=False, default=0),
 )
 
 programs = Table(
@@ -149,27 +160,51 @@ terminals = Table(
     Column("signed_on", Boolean, nullable=False, default=False),
 )
 
+
+def _transactions_v1_columns() -> list[Any]:
+    return [
+        Column("id", Integer, primary_key=True),
+        Column("tid", String(8), nullable=False),
+        Column("stan", String(6), nullable=False),
+        Column("transmission", String(10), nullable=False),
+        Column("mti", String(4), nullable=False),
+        Column("kind", String(20), nullable=False),
+        Column("request_digest", String(64), nullable=False),
+        Column("card_id", Integer),
+        Column("merchant_id", String(15)),
+        Column("pan_masked", String(19)),
+        Column("amount", BigInteger, nullable=False, default=0),
+        Column("response_code", String(2), nullable=False),
+        Column("rrn", String(12), nullable=False, default=""),
+        Column("auth_id", String(6), nullable=False, default=""),
+        Column("response_json", Text, nullable=False),
+        Column("business_date", String(10), nullable=False),
+        Column("created_at", String(32), nullable=False),
+        UniqueConstraint("tid", "stan", "transmission", name="uq_transactions_key"),
+    ]
+
+
+# The shape migration 1 created; later migrations add columns to it (see MIGRATIONS).
+_transactions_v1 = Table("transactions", MetaData(), *_transactions_v1_columns())
+
+# The current shape, for queries.
 transactions = Table(
     "transactions",
     metadata,
-    Column("id", Integer, primary_key=True),
-    Column("tid", String(8), nullable=False),
-    Column("stan", String(6), nullable=False),
-    Column("transmission", String(10), nullable=False),
-    Column("mti", String(4), nullable=False),
-    Column("kind", String(20), nullable=False),
-    Column("request_digest", String(64), nullable=False),
-    Column("card_id", Integer),
-    Column("merchant_id", String(15)),
-    Column("pan_masked", String(19)),
-    Column("amount", BigInteger, nullable=False, default=0),
-    Column("response_code", String(2), nullable=False),
-    Column("rrn", String(12), nullable=False, default=""),
-    Column("auth_id", String(6), nullable=False, default=""),
-    Column("response_json", Text, nullable=False),
-    Column("business_date", String(10), nullable=False),
-    Column("created_at", String(32), nullable=False),
-    UniqueConstraint("tid", "stan", "transmission", name="uq_transactions_key"),
+    *_transactions_v1_columns(),
+    Column("processing_code", String(6), nullable=False, default=""),
+    Column("member_id", String(20)),
+    Column("discount", BigInteger, nullable=False, default=0),
+    Column("discount_rule", String(20), nullable=False, default=""),
+    Column("discount_funded_by", String(20), nullable=False, default=""),
+    Column("amount_charged", BigInteger, nullable=False, default=0),
+    Column("purses_used", String(200), nullable=False, default=""),
+    Column("original_id", Integer),
+    Column("reversed_amount", BigInteger, nullable=False, default=0),
+    Column("refunded_amount", BigInteger, nullable=False, default=0),
+    Column("hold_state", String(10), nullable=False, default=""),
+    Column("hold_expires_at", String(32)),
+    Column("tombstone", Boolean, nullable=False, default=False),
 )
 
 
@@ -184,7 +219,6 @@ settings = Table(
 def _v1_initial(connection: Connection) -> None:
     tables = [
         accounts,
-        transfers,
         programs,
         members,
         cards,
@@ -192,14 +226,124 @@ def _v1_initial(connection: Connection) -> None:
         purse_kinds,
         merchants,
         terminals,
-        transactions,
         settings,
     ]
     metadata.create_all(connection, tables=tables)
+    _transactions_v1.create(connection)
+    _transfers_v1.create(connection)
+
+
+transfer_states = Table(
+    "transfer_states",
+    metadata,
+    Column("pending_id", String(80), primary_key=True),
+    Column("state", String(10), nullable=False),  # pending | posted | voided | expired
+    Column("amount", BigInteger, nullable=False),
+    Column("expires_at", String(32)),  # UTC ISO 8601; NULL never
+    Column("resolved_by", String(80)),
+)
+
+journal = Table(
+    "journal",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("transfer_id", String(80), nullable=False, unique=True),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+journal_head = Table(
+    "journal_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", Integer, nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("event_id", String(40), nullable=False, unique=True),
+    Column("topic", String(120), nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("created_at", String(32), nullable=False),
+    Column("published_at", String(32), index=True),
+)
+
+discount_rules = Table(
+    "discount_rules",
+    metadata,
+    Column("code", String(20), primary_key=True),
+    Column("chains", String(200), nullable=False, default=""),
+    Column("merchant_ids", Text, nullable=False, default=""),
+    Column("mccs", String(200), nullable=False, default=""),
+    Column("percent", Integer, nullable=False, default=0),
+    Column("fixed_amount", BigInteger, nullable=False, default=0),
+    Column("cap_amount", BigInteger, nullable=False, default=0),  # 0: no cap
+    Column("uses_max", Integer, nullable=False, default=0),  # 0: no limit
+    Column("uses_period", String(10), nullable=False, default=""),  # day | month | ""
+    Column("funded_by", String(20), nullable=False),  # "merchant" or a program code
+    Column("valid_from", String(10), nullable=False),
+    Column("valid_to", String(10), nullable=False),
+)
+
+tombstones = Table(
+    "tombstones",
+    metadata,
+    Column("tid", String(8), primary_key=True),
+    Column("stan", String(6), primary_key=True),
+    Column("transmission", String(10), primary_key=True),
+    Column("reversal_id", Integer, nullable=False),
+)
+
+GENESIS_HASH = "0" * 64
+
+V2_TRANSACTION_COLUMNS = (
+    ("processing_code", "VARCHAR(6) NOT NULL DEFAULT ''"),
+    ("member_id", "VARCHAR(20)"),
+    ("discount", "BIGINT NOT NULL DEFAULT 0"),
+    ("discount_rule", "VARCHAR(20) NOT NULL DEFAULT ''"),
+    ("discount_funded_by", "VARCHAR(20) NOT NULL DEFAULT ''"),
+    ("amount_charged", "BIGINT NOT NULL DEFAULT 0"),
+    ("purses_used", "VARCHAR(200) NOT NULL DEFAULT ''"),
+    ("original_id", "INTEGER"),
+    ("reversed_amount", "BIGINT NOT NULL DEFAULT 0"),
+    ("refunded_amount", "BIGINT NOT NULL DEFAULT 0"),
+    ("hold_state", "VARCHAR(10) NOT NULL DEFAULT ''"),
+    ("hold_expires_at", "VARCHAR(32)"),
+    ("tombstone", "BOOLEAN NOT NULL DEFAULT FALSE"),
+)
+
+
+def _v2_holds_journal_outbox_rules(connection: Connection) -> None:
+    metadata.create_all(
+        connection,
+        tables=[transfer_states, journal, journal_head, outbox, discount_rules, tombstones],
+    )
+    connection.execute(journal_head.insert().values(id=1, seq=0, hash=GENESIS_HASH))
+    connection.exec_driver_sql(
+        "ALTER TABLE transfers ADD COLUMN timeout_s INTEGER NOT NULL DEFAULT 0"
+    )
+    for name, ddl in V2_TRANSACTION_COLUMNS:
+        connection.exec_driver_sql(f"ALTER TABLE transactions ADD COLUMN {name} {ddl}")
+    connection.exec_driver_sql(
+        "CREATE INDEX ix_transactions_rrn ON transactions (merchant_id, rrn)"
+    )
+    connection.exec_driver_sql(
+        "CREATE INDEX ix_transactions_day ON transactions (tid, business_date)"
+    )
+    connection.exec_driver_sql(
+        "CREATE INDEX ix_transactions_card_day ON transactions (card_id, business_date)"
+    )
+    connection.exec_driver_sql(
+        "CREATE INDEX ix_transactions_hold ON transactions (hold_state, hold_expires_at)"
+    )
 
 
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "initial ledger, merchants, terminals, transactions", _v1_initial),
+    (2, "holds, journal hash chain, outbox, discount rules", _v2_holds_journal_outbox_rules),
 ]
 
 

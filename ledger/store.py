@@ -17,13 +17,16 @@ Theory of operation:
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import json
 import logging
 import queue
 import threading
-from collections.abc import Iterable, Sequence
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -44,19 +47,24 @@ from ledger.domain import (
     CardRecord,
     CardSnapshot,
     JobResult,
+    Outcome,
     Posting,
     Purse,
     StoredTransaction,
+    TerminalTotals,
     TransactionKey,
+    TransactionRecord,
 )
 from ledger.model import (
     Account,
     AccountFlags,
+    PendingState,
     Transfer,
     TransferCode,
     TransferFlags,
     TransferStatus,
     check_transfer,
+    posted_amount,
 )
 
 log = logging.getLogger("honar.ledger")
@@ -64,6 +72,33 @@ log = logging.getLogger("honar.ledger")
 # PostgreSQL deadlock_detected and serialization_failure: the job is retried after the commit.
 RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
 LOCK_RETRIES_MAX = 5
+NEW_TRANSFERS = "honar_new_transfers"  # connection.info key: transfers to seal into the journal
+EVENT_SCHEMA_VERSION = 1
+
+
+def canonical_transfer(transfer: Transfer, business_date: str, created_at: str) -> str:
+    """The exact text a journal entry hashes: every field of the transfer, in a fixed order."""
+    return "|".join(
+        [
+            transfer.id,
+            str(transfer.debit_account_id),
+            str(transfer.credit_account_id),
+            str(transfer.amount),
+            str(transfer.ledger),
+            str(int(transfer.code)),
+            str(int(transfer.flags)),
+            transfer.pending_id or "",
+            transfer.user_data,
+            business_date,
+            created_at,
+        ]
+    )
+
+
+def journal_hash(previous: str, canonical: str) -> str:
+    """SHA-256 (hex) of the previous entry's hash and this entry's canonical form."""
+    return hashlib.sha256(f"{previous}\n{canonical}".encode()).hexdigest()
+
 
 ACCOUNT_COLUMNS = (
     schema.accounts.c.id,
@@ -268,6 +303,14 @@ class Store:
             query = query.order_by(schema.accounts.c.id).with_for_update()
         return {row.id: _account(row) for row in connection.execute(query)}
 
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """One database transaction; the journal is sealed (hash-chained) just before commit."""
+        with self.engine.begin() as connection:
+            connection.info[NEW_TRANSFERS] = []
+            yield connection
+            self.seal_journal(connection)
+
     def post_transfer(
         self,
         connection: Connection,
@@ -285,6 +328,13 @@ class Store:
             select(schema.transfers).where(schema.transfers.c.id == transfer.id)
         ).one_or_none()
         existing = None if existing_row is None else _transfer(existing_row)
+        pending = state = None
+        if transfer.pending_id is not None and existing is None:
+            pending_row = connection.execute(
+                select(schema.transfers).where(schema.transfers.c.id == transfer.pending_id)
+            ).one_or_none()
+            pending = None if pending_row is None else _transfer(pending_row)
+            state = self._pending_state(connection, transfer.pending_id, now)
         found = self._accounts(
             connection, [transfer.debit_account_id, transfer.credit_account_id], lock=True
         )
@@ -293,29 +343,13 @@ class Store:
             found.get(transfer.debit_account_id),
             found.get(transfer.credit_account_id),
             existing,
+            pending,
+            state,
         )
         if status is not TransferStatus.CREATED:
             return status
         # After this point the transfer must succeed: the guards below only catch races.
-        pending = bool(transfer.flags & TransferFlags.PENDING)
-        a = schema.accounts.c
-        debit_column = a.debits_pending if pending else a.debits_posted
-        credit_column = a.credits_pending if pending else a.credits_posted
-        guard = (a.flags.op("&")(int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS)) == 0) | (
-            a.debits_posted + a.debits_pending + transfer.amount <= a.credits_posted
-        )
-        result = connection.execute(
-            update(schema.accounts)
-            .where(a.id == transfer.debit_account_id, guard)
-            .values({debit_column: debit_column + transfer.amount})
-        )
-        if result.rowcount != 1:
-            raise TransferRejected(TransferStatus.EXCEEDS_CREDITS, transfer)
-        connection.execute(
-            update(schema.accounts)
-            .where(a.id == transfer.credit_account_id)
-            .values({credit_column: credit_column + transfer.amount})
-        )
+        self._apply(connection, transfer, pending)
         connection.execute(
             schema.transfers.insert().values(
                 id=transfer.id,
@@ -327,12 +361,307 @@ class Store:
                 flags=int(transfer.flags),
                 pending_id=transfer.pending_id,
                 user_data=transfer.user_data,
+                timeout_s=transfer.timeout_s,
                 transaction_id=transaction_id,
                 business_date=business_date,
                 created_at=now,
             )
         )
+        self._track_pending(connection, transfer, pending, now)
+        connection.info.setdefault(NEW_TRANSFERS, []).append((transfer, business_date, now))
         return status
+
+    def _apply(self, connection: Connection, transfer: Transfer, pending: Transfer | None) -> None:
+        a = schema.accounts.c
+        flags = transfer.flags
+        if flags & (TransferFlags.POST_PENDING | TransferFlags.VOID_PENDING):
+            assert pending is not None
+            posted = posted_amount(transfer, pending)
+            changes_debit = {
+                a.debits_pending: a.debits_pending - pending.amount,
+                a.debits_posted: a.debits_posted + posted,
+            }
+            changes_credit = {
+                a.credits_pending: a.credits_pending - pending.amount,
+                a.credits_posted: a.credits_posted + posted,
+            }
+            guard = a.id == transfer.debit_account_id
+        else:
+            column_debit = a.debits_pending if flags & TransferFlags.PENDING else a.debits_posted
+            column_credit = a.credits_pending if flags & TransferFlags.PENDING else a.credits_posted
+            changes_debit = {column_debit: column_debit + transfer.amount}
+            changes_credit = {column_credit: column_credit + transfer.amount}
+            guard = (a.id == transfer.debit_account_id) & (
+                (a.flags.op("&")(int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS)) == 0)
+                | (a.debits_posted + a.debits_pending + transfer.amount <= a.credits_posted)
+            )
+        result = connection.execute(update(schema.accounts).where(guard).values(changes_debit))
+        if result.rowcount != 1:
+            raise TransferRejected(TransferStatus.EXCEEDS_CREDITS, transfer)
+        connection.execute(
+            update(schema.accounts).where(a.id == transfer.credit_account_id).values(changes_credit)
+        )
+
+    def _track_pending(
+        self, connection: Connection, transfer: Transfer, pending: Transfer | None, now: str
+    ) -> None:
+        t = schema.transfer_states.c
+        if transfer.flags & TransferFlags.PENDING:
+            expires = None
+            if transfer.timeout_s:
+                expires = (
+                    datetime.fromisoformat(now) + timedelta(seconds=transfer.timeout_s)
+                ).isoformat()
+            connection.execute(
+                schema.transfer_states.insert().values(
+                    pending_id=transfer.id,
+                    state=PendingState.PENDING.value,
+                    amount=transfer.amount,
+                    expires_at=expires,
+                )
+            )
+        elif pending is not None:
+            if transfer.flags & TransferFlags.POST_PENDING:
+                state = PendingState.POSTED
+            elif transfer.code is TransferCode.EXPIRY:
+                state = PendingState.EXPIRED
+            else:
+                state = PendingState.VOIDED
+            connection.execute(
+                update(schema.transfer_states)
+                .where(t.pending_id == pending.id)
+                .values(state=state.value, resolved_by=transfer.id)
+            )
+
+    def _pending_state(
+        self, connection: Connection, pending_id: str, now: str
+    ) -> PendingState | None:
+        row = connection.execute(
+            select(schema.transfer_states.c.state, schema.transfer_states.c.expires_at).where(
+                schema.transfer_states.c.pending_id == pending_id
+            )
+        ).one_or_none()
+        if row is None:
+            return None
+        state = PendingState(row.state)
+        if state is PendingState.PENDING and row.expires_at is not None and row.expires_at <= now:
+            return PendingState.EXPIRED  # past its timeout even if not yet swept
+        return state
+
+    def create_transfers(
+        self,
+        connection: Connection,
+        transfers: Sequence[Transfer],
+        *,
+        business_date: str,
+        now: str,
+    ) -> list[TransferStatus]:
+        """Create transfers in order; a linked chain succeeds or fails as a whole.
+
+        A chain is a run of transfers flagged LINKED ended by one without the flag. When one
+        fails, it keeps its own status, the others of the chain get LINKED_EVENT_FAILED and none
+        of the chain is applied. A chain left open at the end fails with
+        LINKED_EVENT_CHAIN_OPEN.
+        """
+        results: list[TransferStatus] = []
+        chain: list[Transfer] = []
+        for transfer in transfers:
+            chain.append(transfer)
+            if transfer.flags & TransferFlags.LINKED:
+                continue
+            results.extend(self._create_chain(connection, chain, business_date, now))
+            chain = []
+        if chain:
+            results.extend([TransferStatus.LINKED_EVENT_CHAIN_OPEN] * len(chain))
+        return results
+
+    def _create_chain(
+        self, connection: Connection, chain: list[Transfer], business_date: str, now: str
+    ) -> list[TransferStatus]:
+        savepoint = connection.begin_nested()
+        new = connection.info.setdefault(NEW_TRANSFERS, [])
+        mark = len(new)
+        statuses: list[TransferStatus] = []
+        for index, transfer in enumerate(chain):
+            try:
+                status = self.post_transfer(
+                    connection, transfer, business_date=business_date, now=now
+                )
+            except TransferRejected as rejected:
+                status = rejected.status
+            if status not in (TransferStatus.CREATED, TransferStatus.EXISTS):
+                savepoint.rollback()
+                del new[mark:]
+                failed = [TransferStatus.LINKED_EVENT_FAILED] * len(chain)
+                failed[index] = status
+                return failed
+            statuses.append(status)
+        savepoint.commit()
+        return statuses
+
+    def expire_pending(self, now: str, *, business_date: str, limit: int = 1000) -> list[str]:
+        """Void every pending transfer whose timeout has passed; return their ids."""
+        t = schema.transfer_states.c
+        with self.transaction() as connection:
+            rows = connection.execute(
+                select(schema.transfers)
+                .join(schema.transfer_states, t.pending_id == schema.transfers.c.id)
+                .where(t.state == PendingState.PENDING.value, t.expires_at <= now)
+                .order_by(t.expires_at)
+                .limit(limit)
+            ).all()
+            expired: list[str] = []
+            touched: set[int] = set()
+            for row in rows:
+                pending = _transfer(row)
+                void = Transfer(
+                    id=f"expire:{pending.id}",
+                    debit_account_id=pending.debit_account_id,
+                    credit_account_id=pending.credit_account_id,
+                    amount=0,
+                    ledger=pending.ledger,
+                    code=TransferCode.EXPIRY,
+                    flags=TransferFlags.VOID_PENDING,
+                    pending_id=pending.id,
+                )
+                # The sweep sees the hold as expired; resolve it as the expiry itself.
+                connection.execute(
+                    update(schema.transfer_states)
+                    .where(t.pending_id == pending.id)
+                    .values(expires_at=None)
+                )
+                status = self.post_transfer(
+                    connection,
+                    void,
+                    business_date=business_date,
+                    now=now,
+                    transaction_id=row.transaction_id,
+                )
+                assert status is TransferStatus.CREATED, status
+                expired.append(pending.id)
+                if row.transaction_id is not None:
+                    touched.add(row.transaction_id)
+            tx = schema.transactions.c
+            for transaction_id in sorted(touched):
+                connection.execute(
+                    update(schema.transactions)
+                    .where(tx.id == transaction_id, tx.hold_state == "pending")
+                    .values(hold_state="expired")
+                )
+                record = connection.execute(
+                    select(tx.tid, tx.stan, tx.rrn, tx.merchant_id, tx.pan_masked, tx.amount).where(
+                        tx.id == transaction_id
+                    )
+                ).one()
+                self.add_event(
+                    connection,
+                    "holds/expired",
+                    {
+                        "event_id": f"expire-{transaction_id}",
+                        "type": "hold_expired",
+                        "time": now,
+                        "business_date": business_date,
+                        "terminal_id": record.tid,
+                        "stan": record.stan,
+                        "rrn": record.rrn,
+                        "merchant_id": record.merchant_id,
+                        "pan_masked": record.pan_masked,
+                        "amount": record.amount,
+                        "transaction_id": transaction_id,
+                    },
+                    now=now,
+                )
+        return expired
+
+    # --- journal hash chain ------------------------------------------------------------------
+
+    def seal_journal(self, connection: Connection) -> None:
+        """Append this transaction's new transfers to the hash-chained journal.
+
+        Runs just before commit, holding the chain head's row lock only for that moment, so
+        several processes can share one chain.
+        """
+        new = connection.info.get(NEW_TRANSFERS) or []
+        if not new:
+            return
+        head_query = select(schema.journal_head).where(schema.journal_head.c.id == 1)
+        if not self.is_sqlite:
+            head_query = head_query.with_for_update()
+        head = connection.execute(head_query).one()
+        seq, previous = head.seq, head.hash
+        rows = []
+        for transfer, business_date, now in new:
+            seq += 1
+            digest = journal_hash(previous, canonical_transfer(transfer, business_date, now))
+            rows.append(
+                {"seq": seq, "transfer_id": transfer.id, "prev_hash": previous, "hash": digest}
+            )
+            previous = digest
+        connection.execute(schema.journal.insert(), rows)
+        connection.execute(
+            update(schema.journal_head)
+            .where(schema.journal_head.c.id == 1)
+            .values(seq=seq, hash=previous)
+        )
+        new.clear()
+
+    def verify_journal(self) -> tuple[int, str] | None:
+        """Recompute the chain; return (seq, reason) of the first break, or None when whole."""
+        j, t = schema.journal.c, schema.transfers.c
+        previous = schema.GENESIS_HASH
+        expected_seq = 0
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(schema.journal, schema.transfers)
+                .select_from(schema.journal.outerjoin(schema.transfers, t.id == j.transfer_id))
+                .order_by(j.seq)
+            )
+            for row in rows:
+                expected_seq += 1
+                if row.seq != expected_seq:
+                    return expected_seq, "journal entry missing"
+                if row.prev_hash != previous:
+                    return row.seq, "previous hash does not match"
+                if row.amount is None:
+                    return row.seq, f"transfer {row.transfer_id} missing"
+                transfer = _transfer(row)
+                digest = journal_hash(
+                    previous, canonical_transfer(transfer, row.business_date, row.created_at)
+                )
+                if digest != row.hash:
+                    return row.seq, f"transfer {row.transfer_id} altered"
+                previous = digest
+            head = connection.execute(select(schema.journal_head)).one()
+            count = int(connection.scalar(select(func.count()).select_from(schema.transfers)) or 0)
+        if head.seq != expected_seq or head.hash != previous:
+            return expected_seq, "journal head does not match the last entry"
+        if count != expected_seq:
+            return expected_seq, f"{count - expected_seq} transfers are not in the journal"
+        return None
+
+    def journal_head(self) -> tuple[int, str]:
+        """The chain head: number of entries and the last hash."""
+        with self.engine.connect() as connection:
+            head = connection.execute(select(schema.journal_head)).one()
+        return int(head.seq), str(head.hash)
+
+    # --- outbox ------------------------------------------------------------------------------
+
+    def add_event(
+        self, connection: Connection, topic: str, payload: Mapping[str, Any], *, now: str
+    ) -> str:
+        """Write an event to the outbox in the caller's transaction; return its event id."""
+        event_id = str(payload.get("event_id") or uuid.uuid4().hex)
+        body = {"event_id": event_id, "schema": EVENT_SCHEMA_VERSION, **payload}
+        connection.execute(
+            schema.outbox.insert().values(
+                event_id=event_id,
+                topic=topic,
+                payload=json.dumps(body, sort_keys=True, ensure_ascii=False),
+                created_at=now,
+            )
+        )
+        return event_id
 
     def totals(self) -> Totals:
         """Sums of all accounts' debits and credits, and of the posted transfer journal."""
@@ -386,6 +715,7 @@ class Store:
             request_digest=row.request_digest,
             response_code=row.response_code,
             response_fields={int(k): v for k, v in json.loads(row.response_json).items()},
+            card_id=row.card_id,
         )
 
     def card_snapshot(
@@ -446,6 +776,20 @@ class Store:
             for r in rows
         ]
 
+    def discount_rules(self) -> list[dict[str, Any]]:
+        """All discount rules as stored (column name -> value)."""
+        with self.engine.connect() as connection:
+            rows = connection.execute(select(schema.discount_rules)).mappings().all()
+        return [dict(row) for row in rows]
+
+    def program_accounts(self) -> dict[str, int]:
+        """Program code -> its funding account id."""
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(schema.programs.c.code, schema.programs.c.account_id)
+            ).all()
+        return {row.code: row.account_id for row in rows}
+
     def set_terminal_keys(self, tid: str, *, tpk: str, tak: str) -> None:
         """Store new working keys (under the LMK) for a terminal."""
         with self.engine.begin() as connection:
@@ -462,10 +806,9 @@ class Store:
         stored = self._find_transaction(connection, job.key)
         if stored is not None:
             return replayed_result(stored, job.request_digest)
-        snapshot = None
-        if job.card_id is not None:
-            snapshot = self.card_snapshot(connection, job.card_id, lock=True)
-        outcome = job.decide(snapshot)
+        view = _View(self, connection, job)
+        outcome = job.decide(view)
+        snapshot = view.loaded_snapshot
         if outcome.pin_failures is not None and snapshot is not None:
             connection.execute(
                 update(schema.cards)
@@ -479,8 +822,10 @@ class Store:
                 transmission=job.key.transmission,
                 mti=job.mti,
                 kind=job.kind,
+                processing_code=job.processing_code,
                 request_digest=job.request_digest,
                 card_id=job.card_id,
+                member_id=None if snapshot is None else snapshot.card.member_id,
                 merchant_id=job.merchant_id,
                 pan_masked=job.pan_masked,
                 amount=outcome.amount,
@@ -488,19 +833,38 @@ class Store:
                 response_json="{}",
                 business_date=job.business_date,
                 created_at=job.now,
+                **dict(outcome.record),
             )
         )
         assert result.inserted_primary_key is not None
         transaction_id = int(result.inserted_primary_key[0])
         self._post_outcome(connection, job, outcome.postings, transaction_id)
+        if outcome.tombstone is not None:
+            key = outcome.tombstone
+            exists = _View(self, connection, job).tombstoned(key)
+            if not exists:
+                connection.execute(
+                    schema.tombstones.insert().values(
+                        tid=key.tid,
+                        stan=key.stan,
+                        transmission=key.transmission,
+                        reversal_id=transaction_id,
+                    )
+                )
+        for original_id, changes in outcome.updates:
+            connection.execute(
+                update(schema.transactions)
+                .where(schema.transactions.c.id == original_id)
+                .values(**dict(changes))
+            )
         fields = dict(outcome.response_fields)
         rrn = fields.get(37) or (f"{transaction_id:012d}" if job.assign_rrn else "")
         if rrn:
             fields[37] = rrn
         auth_id = ""
         if outcome.response_code == "00" and outcome.postings:
-            auth_id = hashlib.sha256(f"{transaction_id}|{job.key}".encode()).hexdigest()
-            auth_id = f"{int(auth_id[:8], 16) % 1_000_000:06d}"
+            digest = hashlib.sha256(f"{transaction_id}|{job.key}".encode()).hexdigest()
+            auth_id = f"{int(digest[:8], 16) % 1_000_000:06d}"
             fields[38] = auth_id
         connection.execute(
             update(schema.transactions)
@@ -511,7 +875,40 @@ class Store:
                 response_json=json.dumps({str(k): v for k, v in sorted(fields.items())}),
             )
         )
+        self._decision_event(connection, job, outcome, rrn, auth_id, transaction_id)
         return JobResult(outcome.response_code, fields)
+
+    def _decision_event(
+        self,
+        connection: Connection,
+        job: AuthorizationJob,
+        outcome: Outcome,
+        rrn: str,
+        auth_id: str,
+        transaction_id: int,
+    ) -> None:
+        payload: dict[str, Any] = {
+            "event_id": hashlib.sha256(
+                f"{job.key.tid}|{job.key.stan}|{job.key.transmission}".encode()
+            ).hexdigest()[:32],
+            "type": job.kind,
+            "time": job.now,
+            "business_date": job.business_date,
+            "mti": job.mti,
+            "processing_code": job.processing_code,
+            "terminal_id": job.key.tid,
+            "stan": job.key.stan,
+            "merchant_id": job.merchant_id,
+            "pan_masked": job.pan_masked,
+            "amount": outcome.amount,
+            "response_code": outcome.response_code,
+            "approved": outcome.response_code == "00",
+            "rrn": rrn,
+            "auth_id": auth_id,
+            "transaction_id": transaction_id,
+        }
+        payload.update(outcome.event or {})
+        self.add_event(connection, f"transactions/{job.kind}", payload, now=job.now)
 
     def _post_outcome(
         self,
@@ -522,12 +919,16 @@ class Store:
     ) -> None:
         for index, posting in enumerate(postings):
             transfer = Transfer(
-                id=transfer_digest(job.key, index),
+                id=posting.id or transfer_digest(job.key, index),
                 debit_account_id=posting.debit_account_id,
                 credit_account_id=posting.credit_account_id,
                 amount=posting.amount,
                 ledger=364,
                 code=posting.code,
+                flags=posting.flags,
+                pending_id=posting.pending_id,
+                timeout_s=posting.timeout_s,
+                user_data=posting.user_data,
             )
             status = self.post_transfer(
                 connection,
@@ -538,6 +939,165 @@ class Store:
             )
             if status is not TransferStatus.CREATED:
                 raise TransferRejected(status, transfer)
+
+    # --- reads a decision makes (through _View) -----------------------------------------------
+
+    def transaction_record(
+        self, connection: Connection, *conditions: Any, lock: bool = False
+    ) -> TransactionRecord | None:
+        """The first stored request matching ``conditions`` (newest first)."""
+        query = (
+            select(schema.transactions)
+            .where(*conditions)
+            .order_by(schema.transactions.c.id.desc())
+            .limit(1)
+        )
+        if lock and not self.is_sqlite:
+            query = query.with_for_update()
+        row = connection.execute(query).one_or_none()
+        if row is None:
+            return None
+        transfer_ids = tuple(
+            connection.scalars(
+                select(schema.transfers.c.id)
+                .where(schema.transfers.c.transaction_id == row.id)
+                .order_by(schema.transfers.c.seq)
+            )
+        )
+        return _transaction_record(row, transfer_ids)
+
+
+class _View:
+    """:class:`ledger.domain.LedgerView` over one connection, for one job."""
+
+    def __init__(self, store: Store, connection: Connection, job: AuthorizationJob) -> None:
+        self._store = store
+        self._connection = connection
+        self._job = job
+        self.loaded_snapshot: CardSnapshot | None = None
+        self._loaded = False
+
+    @property
+    def snapshot(self) -> CardSnapshot | None:
+        if not self._loaded and self._job.card_id is not None:
+            self.loaded_snapshot = self._store.card_snapshot(
+                self._connection, self._job.card_id, lock=True
+            )
+        self._loaded = True
+        return self.loaded_snapshot
+
+    def transaction_by_key(self, key: TransactionKey) -> TransactionRecord | None:
+        t = schema.transactions.c
+        return self._store.transaction_record(
+            self._connection,
+            t.tid == key.tid,
+            t.stan == key.stan,
+            t.transmission == key.transmission,
+            lock=True,
+        )
+
+    def transaction_by_rrn(self, merchant_id: str, rrn: str) -> TransactionRecord | None:
+        t = schema.transactions.c
+        return self._store.transaction_record(
+            self._connection,
+            t.merchant_id == merchant_id,
+            t.rrn == rrn,
+            t.response_code == "00",
+            t.kind.in_(("purchase", "completion")),
+            lock=True,
+        )
+
+    def transaction_by_id(self, transaction_id: int) -> TransactionRecord | None:
+        return self._store.transaction_record(
+            self._connection, schema.transactions.c.id == transaction_id, lock=True
+        )
+
+    def card_day_totals(self, card_id: int, business_date: str) -> tuple[int, int]:
+        t = schema.transactions.c
+        row = self._connection.execute(
+            select(
+                func.coalesce(func.sum(t.amount - t.reversed_amount), 0),
+                func.count(),
+            ).where(
+                t.card_id == card_id,
+                t.business_date == business_date,
+                t.response_code == "00",
+                t.kind.in_(("purchase", "completion")),
+                t.reversed_amount < t.amount,
+            )
+        ).one()
+        return int(row[0]), int(row[1])
+
+    def rule_uses(self, member_id: str, rule: str, since: str) -> int:
+        t = schema.transactions.c
+        return int(
+            self._connection.scalar(
+                select(func.count()).where(
+                    t.member_id == member_id,
+                    t.discount_rule == rule,
+                    t.business_date >= since,
+                    t.response_code == "00",
+                    t.kind.in_(("purchase", "completion")),
+                    t.reversed_amount < t.amount,
+                )
+            )
+            or 0
+        )
+
+    def terminal_totals(self, tid: str, business_date: str) -> TerminalTotals:
+        t = schema.transactions.c
+        base = (t.tid == tid, t.business_date == business_date, t.response_code == "00")
+        debits = self._connection.execute(
+            select(func.count(), func.coalesce(func.sum(t.amount - t.reversed_amount), 0)).where(
+                *base, t.kind.in_(("purchase", "completion")), t.reversed_amount < t.amount
+            )
+        ).one()
+        credits = self._connection.execute(
+            select(func.count(), func.coalesce(func.sum(t.amount - t.reversed_amount), 0)).where(
+                *base, t.kind == "refund", t.reversed_amount < t.amount
+            )
+        ).one()
+        return TerminalTotals(int(debits[0]), int(debits[1]), int(credits[0]), int(credits[1]))
+
+    def children(self, original_id: int) -> tuple[TransactionRecord, ...]:
+        t = schema.transactions.c
+        ids = self._connection.scalars(
+            select(t.id).where(t.original_id == original_id, t.response_code == "00").order_by(t.id)
+        ).all()
+        found = (self.transaction_by_id(i) for i in ids)
+        return tuple(r for r in found if r is not None)
+
+    def tombstoned(self, key: TransactionKey) -> bool:
+        t = schema.tombstones.c
+        return (
+            self._connection.execute(
+                select(t.reversal_id).where(
+                    t.tid == key.tid, t.stan == key.stan, t.transmission == key.transmission
+                )
+            ).first()
+            is not None
+        )
+
+    def postings_of(self, transaction_id: int) -> tuple[Posting, ...]:
+        rows = self._connection.execute(
+            select(schema.transfers)
+            .where(schema.transfers.c.transaction_id == transaction_id)
+            .order_by(schema.transfers.c.seq)
+        ).all()
+        return tuple(
+            Posting(
+                debit_account_id=r.debit_account_id,
+                credit_account_id=r.credit_account_id,
+                amount=r.amount,
+                code=TransferCode(r.code),
+                flags=TransferFlags(r.flags),
+                pending_id=r.pending_id,
+                timeout_s=r.timeout_s,
+                id=r.id,
+                user_data=r.user_data,
+            )
+            for r in rows
+        )
 
 
 def replayed_result(stored: StoredTransaction, request_digest: str) -> JobResult:
@@ -606,17 +1166,21 @@ class GroupCommitter:
     ) -> JobResult | BaseException | None:
         """Run one job in a savepoint. None means "lock conflict: run it again after commit"."""
         savepoint = connection.begin_nested()
+        new = connection.info.setdefault(NEW_TRANSFERS, [])
+        mark = len(new)
         try:
             result = self.store.run_job(connection, job)
         except IntegrityError:
             # Another process stored the same request key first: answer as a retransmission.
             savepoint.rollback()
+            del new[mark:]
             stored = self.store._find_transaction(connection, job.key)
             if stored is None:
                 return LedgerError(f"integrity error for {job.key} and no stored answer")
             return replayed_result(stored, job.request_digest)
         except OperationalError as error:
             savepoint.rollback()
+            del new[mark:]
             if getattr(error.orig, "sqlstate", None) in RETRYABLE_SQLSTATES:
                 # Another process's batch holds a lock this job needs while waiting for one an
                 # earlier job of ours holds. Give the job's locks back; retry after our commit.
@@ -628,6 +1192,7 @@ class GroupCommitter:
             return LedgerError(f"database error: {error.orig}")
         except Exception as error:  # one job's failure (even a bug) must not fail its batch
             savepoint.rollback()
+            del new[mark:]
             log.exception(
                 "authorization job failed, rolled back",
                 extra={"tid": job.key.tid, "stan": job.key.stan},
@@ -643,7 +1208,7 @@ class GroupCommitter:
     ) -> None:
         results: list[JobResult | BaseException | None] = []
         try:
-            with self.store.engine.begin() as connection:
+            with self.store.transaction() as connection:
                 for job, _future in batch:
                     results.append(self._run_one(connection, job))
         except SQLAlchemyError as error:
@@ -697,6 +1262,41 @@ def _transfer(row: Any) -> Transfer:
         flags=TransferFlags(row.flags),
         pending_id=row.pending_id,
         user_data=row.user_data,
+        timeout_s=row.timeout_s,
+    )
+
+
+def _transaction_record(row: Any, transfer_ids: tuple[str, ...]) -> TransactionRecord:
+    return TransactionRecord(
+        id=row.id,
+        tid=row.tid,
+        stan=row.stan,
+        transmission=row.transmission,
+        mti=row.mti,
+        kind=row.kind,
+        processing_code=row.processing_code,
+        card_id=row.card_id,
+        member_id=row.member_id,
+        merchant_id=row.merchant_id,
+        pan_masked=row.pan_masked,
+        amount=row.amount,
+        response_code=row.response_code,
+        rrn=row.rrn,
+        auth_id=row.auth_id,
+        business_date=row.business_date,
+        created_at=row.created_at,
+        discount=row.discount,
+        discount_rule=row.discount_rule,
+        discount_funded_by=row.discount_funded_by,
+        amount_charged=row.amount_charged,
+        purses_used=row.purses_used,
+        original_id=row.original_id,
+        reversed_amount=row.reversed_amount,
+        refunded_amount=row.refunded_amount,
+        hold_state=row.hold_state,
+        hold_expires_at=row.hold_expires_at,
+        tombstone=bool(row.tombstone),
+        transfer_ids=transfer_ids,
     )
 
 

@@ -183,6 +183,117 @@ class PosTerminal:
             processing_code="310000", pan=pan, pin=pin, amount=None, expiry=expiry, stan=stan
         )
 
+    def preauth(
+        self,
+        *,
+        pan: str,
+        pin: str | None,
+        amount: int,
+        expiry: str = "2812",
+        stan: str | None = None,
+    ) -> bytes:
+        """A pre-authorization (0100, 000000): a hold at check-in."""
+        return self.card_request(
+            processing_code="000000",
+            pan=pan,
+            pin=pin,
+            amount=amount,
+            expiry=expiry,
+            stan=stan,
+            mti="0100",
+        )
+
+    def completion(self, original: bytes, *, amount: int, stan: str | None = None) -> bytes:
+        """The completion (0220) of the pre-authorization ``original`` at the final amount."""
+        first = decode(original, self.dialect)
+        fields = self._base(stan)
+        fields.update(
+            {
+                3: "000000",
+                4: f"{amount:012d}",
+                18: self.profile.mcc,
+                25: "14",
+                32: self.profile.acquirer_id,
+                42: self.profile.merchant_id.ljust(15),
+                49: "364",
+                90: self._original_field(first),
+            }
+        )
+        if first.has(2):
+            fields[2] = first.fields[2]
+        return self.sign(Message("0220", fields))
+
+    def refund(
+        self,
+        *,
+        pan: str,
+        amount: int,
+        original_rrn: str,
+        expiry: str = "2812",
+        stan: str | None = None,
+    ) -> bytes:
+        """A refund (0200, 200000) of the purchase whose response carried RRN ``original_rrn``."""
+        return self.card_request(
+            processing_code="200000",
+            pan=pan,
+            pin=None,
+            amount=amount,
+            expiry=expiry,
+            stan=stan,
+            extra={48: build_tlv({"ORN": original_rrn})},
+        )
+
+    def reversal(
+        self,
+        original: bytes,
+        *,
+        advice: bool = False,
+        actual_amount: int | None = None,
+        stan: str | None = None,
+    ) -> bytes:
+        """A reversal (0400) or reversal advice (0420) of ``original`` (a request payload);
+        ``actual_amount`` makes it partial (field 95)."""
+        first = decode(original, self.dialect)
+        fields = self._base(stan)
+        for number in (2, 3, 4, 32, 42, 49):
+            if first.has(number):
+                fields[number] = first.fields[number]
+        fields[90] = self._original_field(first)
+        if actual_amount is not None:
+            fields[95] = f"{actual_amount:012d}" + "0" * 30
+        return self.sign(Message("0420" if advice else "0400", fields))
+
+    def reconciliation(
+        self,
+        *,
+        credits_count: int,
+        debits_count: int,
+        credits_amount: int,
+        debits_amount: int,
+        stan: str | None = None,
+    ) -> bytes:
+        """End-of-day terminal reconciliation (0500, 920000) with the terminal's own totals."""
+        fields = self._base(stan)
+        fields.update(
+            {
+                3: "920000",
+                32: self.profile.acquirer_id,
+                42: self.profile.merchant_id.ljust(15),
+                74: f"{credits_count:010d}",
+                76: f"{debits_count:010d}",
+                86: f"{credits_amount:016d}",
+                88: f"{debits_amount:016d}",
+            }
+        )
+        return self.sign(Message("0500", fields))
+
+    def _original_field(self, first: Message) -> str:
+        from switch.requests import original_data_field
+
+        return original_data_field(
+            first.mti, first.fields[11], first.fields[7], first.get(32) or self.profile.acquirer_id
+        )
+
     def network(self, code: str, *, stan: str | None = None, mac: bool | None = None) -> bytes:
         """An 0800 (001 sign-on, 002 sign-off, 101 key exchange, 301 echo)."""
         fields = self._base(stan)

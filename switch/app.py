@@ -13,6 +13,7 @@ import logging
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
 from hsm_sim.hsm import Hsm
@@ -20,6 +21,7 @@ from hsm_sim.keys import Lmk
 from ledger import demo
 from ledger.store import GroupCommitter, Store
 from merchants.directory import Directory, Merchant, Terminal
+from merchants.discounts import DiscountRule
 from switch.calendar import BusinessCalendar
 from switch.config import Config
 from switch.dialects import get_dialect
@@ -46,6 +48,50 @@ def open_ledger(config: Config, hsm: Hsm) -> Store:
     if config.ledger.load_demo and store.is_empty():
         demo.load_demo(store, hsm)
     return store
+
+
+def load_rules(store: Store) -> tuple[DiscountRule, ...]:
+    """The discount rules stored in the ledger, checked (a bad rule stops the start)."""
+    rules = []
+    for row in store.discount_rules():
+        rules.append(
+            DiscountRule(
+                code=row["code"],
+                funded_by=row["funded_by"],
+                valid_from=date.fromisoformat(row["valid_from"]),
+                valid_to=date.fromisoformat(row["valid_to"]),
+                chains=_set(row["chains"]),
+                merchant_ids=_set(row["merchant_ids"]),
+                mccs=_set(row["mccs"]),
+                percent=row["percent"],
+                fixed_amount=row["fixed_amount"],
+                cap_amount=row["cap_amount"],
+                uses_max=row["uses_max"],
+                uses_period=row["uses_period"],
+            )
+        )
+    return tuple(rules)
+
+
+def _set(value: str) -> frozenset[str]:
+    return frozenset(v for v in value.split(",") if v)
+
+
+async def sweep_expired_holds(app: App, stop: asyncio.Event) -> None:
+    """Release pre-authorization holds past their hold period, every sweep interval."""
+    interval = app.config.switch.hold_sweep_interval_s
+    calendar = app.service.calendar
+    while not stop.is_set():
+        now = app.service.clock()
+        expired = await asyncio.to_thread(
+            app.store.expire_pending,
+            now.isoformat(),
+            business_date=calendar.business_date(now).isoformat(),
+        )
+        if expired:
+            log.info("holds expired", extra={"count": len(expired)})
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)
 
 
 def build_directory(store: Store) -> Directory:
@@ -111,6 +157,9 @@ def build_app(config: Config, *, hsm_port: HsmPort | None = None) -> App:
         directory=build_directory(store),
         pvk_lmk=pvk_lmk,
         calendar=BusinessCalendar(s.business_zone, s.cutover_time),
+        rules=load_rules(store),
+        program_accounts=store.program_accounts(),
+        hold_period_s=s.hold_period_s,
     )
     limits = ServerLimits(
         frame_size_max=s.frame_size_max,
@@ -159,7 +208,9 @@ async def serve(
         log.info("listening", extra={"host": host, "port": port, "dialect": config.switch.dialect})
         if on_ready is not None:
             on_ready(host, port)
+        sweeper = asyncio.create_task(sweep_expired_holds(app, stop))
         await stop.wait()
+        await sweeper
         log.info("shutting down: no new connections, finishing requests in flight")
         await app.server.shutdown()
     finally:

@@ -1,4 +1,4 @@
-"""Authorization decisions: pure functions of the request, the card snapshot, the PIN result.
+"""Authorization rules: pure functions of the request, the card snapshot, the PIN result.
 
 Rules (guards run in this precedence order; the first that fails is the answer):
 
@@ -10,10 +10,10 @@ code  guard                                        note
 54    card expired, or expiry presented differs    valid through the end of month YYMM
 75    PIN tries exhausted                          until an operator resets the counter
 55    PIN missing, invalid or wrong                a wrong PIN counts; the last allowed one -> 75
-13    amount zero or above the single-payment max
-51    not enough in the general purse              this version pays from GN only
-00    approved                                     postings: purse -> merchant payable
 ====  ===========================================  ==========================================
+
+The flows (:mod:`switch.flows`) add their own guards after these: amount and limits (13, 61,
+65), the purse waterfall (57, 51), originals (25), tolerance (13).
 
 A right PIN resets the failure counter. A decline is a value, never an exception.
 """
@@ -24,9 +24,8 @@ import enum
 from dataclasses import dataclass
 from datetime import date
 
-from ledger.domain import CardSnapshot, Outcome, Posting, Purse
-from ledger.model import TransferCode
-from switch.requests import FinancialRequest, build_tlv
+from ledger.domain import CardSnapshot, Outcome, Purse
+from switch.requests import FinancialRequest
 
 CURRENCY = "364"
 FIELD54_BLOCKS_MAX = 6  # field 54 holds at most 120 characters: six 20-character blocks
@@ -68,7 +67,7 @@ def check_card(
     card = snapshot.card
     if card.state != "active":
         return CardVerdict("62", None)
-    presented = request.card.expiry
+    presented = None if request.card is None else request.card.expiry
     if card_expired(card.expiry, today) or (presented is not None and presented != card.expiry):
         return CardVerdict("54", None)
     if card.pin_failures >= card.pin_tries_max:
@@ -87,47 +86,64 @@ def amount_block(account_type: str, amount_type: str, amount: int, sign: str = "
     return f"{account_type}{amount_type}{CURRENCY}{sign}{amount:012d}"
 
 
-def general_purse(snapshot: CardSnapshot, today: date) -> Purse | None:
-    """The member's general purse, if it exists and has not expired."""
-    for purse in snapshot.purses:
-        if purse.general and (purse.expires is None or purse.expires >= today.isoformat()):
-            return purse
-    return None
+def purse_usable(purse: Purse, today: date) -> bool:
+    """True while a purse may still pay (not past its expiry date)."""
+    return purse.expires is None or purse.expires >= today.isoformat()
 
 
-def decide_purchase(
-    request: FinancialRequest,
-    snapshot: CardSnapshot | None,
-    *,
-    pin: PinResult,
-    merchant_account_id: int,
-    today: date,
-) -> Outcome:
-    """Decide a purchase (0200, processing code 000000)."""
-    verdict = check_card(request, snapshot, pin, today)
-    if verdict.response_code is not None or snapshot is None:
-        return Outcome(verdict.response_code or "14", pin_failures=verdict.pin_failures)
-    amount = request.amount
-    if amount <= 0 or amount > snapshot.card.payment_amount_max:
-        return Outcome("13", pin_failures=verdict.pin_failures)
-    purse = general_purse(snapshot, today)
-    if purse is None or purse.account.available_credit < amount:
-        return Outcome("51", pin_failures=verdict.pin_failures, amount=amount)
-    fields = {
-        48: build_tlv({"PRS": purse.code}),
-        54: amount_block("00", "90", amount, "D")
-        + amount_block("00", "91", 0)
-        + amount_block("00", "92", amount, "D")
-        + amount_block(purse.code, "02", purse.account.available_credit - amount),
-    }
-    posting = Posting(purse.account.id, merchant_account_id, amount, TransferCode.PURCHASE)
-    return Outcome(
-        "00",
-        response_fields=fields,
-        postings=(posting,),
-        pin_failures=verdict.pin_failures,
-        amount=amount,
+def purse_accepts(purse: Purse, *, merchant_id: str, chain: str, mcc: str) -> bool:
+    """True when a purse may pay at this merchant (a general purse pays anywhere)."""
+    if purse.general:
+        return True
+    return (
+        (chain != "" and chain in purse.chains)
+        or merchant_id in purse.merchant_ids
+        or mcc in purse.mccs
     )
+
+
+def payable_purses(
+    snapshot: CardSnapshot, *, merchant_id: str, chain: str, mcc: str, today: date
+) -> list[Purse]:
+    """The waterfall: restricted purses accepting the merchant, the one expiring first first,
+    then the general purse."""
+    usable = [
+        p
+        for p in snapshot.purses
+        if purse_usable(p, today)
+        and purse_accepts(p, merchant_id=merchant_id, chain=chain, mcc=mcc)
+    ]
+    restricted = sorted(
+        (p for p in usable if not p.general), key=lambda p: (p.expires or "", p.code)
+    )
+    return restricted + [p for p in usable if p.general]
+
+
+def draw(
+    purses: list[Purse], amount: int, released: dict[int, int] | None = None
+) -> list[tuple[Purse, int]] | None:
+    """Split ``amount`` over the purses in order; None when they do not hold enough.
+
+    ``released`` adds back, per purse account id, an amount about to be released (a hold that
+    the same decision voids).
+    """
+    released = released or {}
+    parts: list[tuple[Purse, int]] = []
+    left = amount
+    for purse in purses:
+        if left == 0:
+            break
+        available = purse.account.available_credit + released.get(purse.account.id, 0)
+        take = min(available, left)
+        if take > 0:
+            parts.append((purse, take))
+            left -= take
+    return parts if left == 0 else None
+
+
+def purses_text(parts: list[tuple[str, int]]) -> str:
+    """Purses used as in the settlement files: ``GN:800000;TR:200000``."""
+    return ";".join(f"{code}:{amount}" for code, amount in parts)
 
 
 def decide_balance(
@@ -147,7 +163,7 @@ def decide_balance(
 def balance_blocks(snapshot: CardSnapshot, today: date) -> str:
     """Field 54 for a balance inquiry: all purses' ledger and available balance, then each
     purse that may still pay (general first), as many as fit."""
-    usable = [p for p in snapshot.purses if p.expires is None or p.expires >= today.isoformat()]
+    usable = [p for p in snapshot.purses if purse_usable(p, today)]
     usable.sort(key=lambda p: (not p.general, p.code))
     ledger_total = sum(p.account.balance_credit for p in snapshot.purses)
     available_total = sum(p.account.available_credit for p in usable)

@@ -39,6 +39,8 @@ class SwitchConfig:
     business_zone: str = "Asia/Tehran"
     cutover_time: str = "00:00"
     acquirer_id: str = "636214"
+    hold_period_s: int = 7 * 24 * 3600  # a pre-authorization not completed by then is released
+    hold_sweep_interval_s: float = 60.0  # how often expired holds are looked for
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,8 @@ _POSITIVE = {
     "idle_timeout_s",
     "graceful_timeout_s",
     "batch_max",
+    "hold_period_s",
+    "hold_sweep_interval_s",
     "timeout_s",
     "file_size_max",
     "files_max",

@@ -22,6 +22,7 @@ from switch.codec import Message
 PROCESSING_PURCHASE = "000000"
 PROCESSING_BALANCE = "310000"
 PROCESSING_REFUND = "200000"
+PROCESSING_RECONCILIATION = "920000"
 
 NETWORK_SIGN_ON = "001"
 NETWORK_SIGN_OFF = "002"
@@ -76,13 +77,24 @@ class NetworkRequest(Request):
     code: str
 
 
+@dataclass(frozen=True, slots=True)
+class OriginalData:
+    """Field 90: which earlier request a completion or reversal refers to."""
+
+    mti: str
+    stan: str
+    transmission: str
+    acquirer_id: str
+
+
 @dataclass(frozen=True)
 class FinancialRequest(Request):
-    """A card request: purchase, balance inquiry (and later refund, pre-auth, ...)."""
+    """A card or terminal request: purchase, balance, refund, pre-auth, completion, reversal,
+    reconciliation (card data absent where the message kind does not need it)."""
 
     processing_code: str
     amount: int
-    card: CardData
+    card: CardData | None
     merchant_id: str | None
     mcc: str | None
     acquirer_id: str | None
@@ -92,6 +104,8 @@ class FinancialRequest(Request):
     ksn: bytes | None
     rrn: str | None
     additional: Mapping[str, str] = field(default_factory=dict)
+    original: OriginalData | None = None
+    replacement_amount: int | None = None  # field 95: the actual amount
 
 
 def parse_tlv(value: str) -> dict[str, str]:
@@ -147,17 +161,15 @@ def parse_request(message: Message) -> Request:
             tid=tid,
             code=_required(message, 70),
         )
-    if kind not in ("01", "02"):
+    if kind not in ("01", "02", "04", "05"):
         raise RequestError(f"MTI {message.mti} is not supported", response_code="12")
     processing_code = _required(message, 3)
     amount_text = message.get(4)
-    if amount_text is None and processing_code != PROCESSING_BALANCE:
+    if amount_text is None and kind in ("01", "02") and processing_code != PROCESSING_BALANCE:
         raise RequestError("required field missing", field=4)
-    track2 = message.get(35)
-    if track2 is not None:
-        card = parse_track2(track2)
-    else:
-        card = CardData(pan=_required(message, 2), expiry=message.get(14), source="manual")
+    card = _card_data(message)
+    if card is None and kind in ("01", "02") and message.mti[:3] != "022":
+        raise RequestError("card data missing: give field 35 or field 2", field=2)
     additional = parse_tlv(message.get(48) or "")
     return FinancialRequest(
         message=message,
@@ -177,7 +189,45 @@ def parse_request(message: Message) -> Request:
         ksn=message.binary(53),
         rrn=message.get(37),
         additional=additional,
+        original=_original(message),
+        replacement_amount=_replacement(message),
     )
+
+
+def _card_data(message: Message) -> CardData | None:
+    track2 = message.get(35)
+    if track2 is not None:
+        return parse_track2(track2)
+    pan = message.get(2)
+    if pan is None:
+        return None
+    return CardData(pan=pan, expiry=message.get(14), source="manual")
+
+
+def _original(message: Message) -> OriginalData | None:
+    value = message.get(90)
+    if value is None:
+        return None
+    return OriginalData(
+        mti=value[:4],
+        stan=value[4:10],
+        transmission=value[10:20],
+        acquirer_id=value[20:31].lstrip("0"),
+    )
+
+
+def _replacement(message: Message) -> int | None:
+    value = message.get(95)
+    if value is None:
+        return None
+    if not value[:12].isdigit():
+        raise RequestError("actual amount (first 12 characters) must be digits", field=95)
+    return int(value[:12])
+
+
+def original_data_field(mti: str, stan: str, transmission: str, acquirer_id: str) -> str:
+    """Build field 90 (original MTI, STAN, field 7, acquirer id zero-padded to 11, 11 zeros)."""
+    return f"{mti}{stan}{transmission}{acquirer_id.zfill(11)}{'0' * 11}"
 
 
 def request_digest(message: Message) -> str:

@@ -29,25 +29,27 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import Protocol
 
 from hsm_sim.hsm import Hsm, MacDirection, PinCheck
 from ledger.domain import (
     AuthorizationJob,
     CardRecord,
-    CardSnapshot,
     JobResult,
+    LedgerView,
     Outcome,
     TransactionKey,
 )
 from ledger.store import LedgerError, Store
 from merchants.directory import Directory, Merchant, Terminal
-from switch import authorize
+from merchants.discounts import DiscountRule
+from switch import authorize, flows
 from switch.authorize import PinResult
 from switch.calendar import BusinessCalendar
 from switch.codec import CodecError, Message, decode, encode, encode_for_mac, mac_input
 from switch.dialects import Dialect
+from switch.flows import FlowContext
 from switch.hsm_port import HsmPort, HsmUnavailable
 from switch.requests import (
     NETWORK_ECHO,
@@ -56,6 +58,8 @@ from switch.requests import (
     NETWORK_SIGN_ON,
     PROCESSING_BALANCE,
     PROCESSING_PURCHASE,
+    PROCESSING_RECONCILIATION,
+    PROCESSING_REFUND,
     FinancialRequest,
     NetworkRequest,
     Request,
@@ -89,6 +93,9 @@ class Service:
         directory: Directory,
         pvk_lmk: str,
         calendar: BusinessCalendar,
+        rules: tuple[DiscountRule, ...] = (),
+        program_accounts: dict[str, int] | None = None,
+        hold_period_s: int = 7 * 24 * 3600,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.dialect = dialect
@@ -100,6 +107,9 @@ class Service:
         self.pvk_lmk = pvk_lmk
         self.calendar = calendar
         self.clock = clock
+        self.rules = rules
+        self.program_accounts = dict(program_accounts or {})
+        self.hold_period_s = hold_period_s
         # New working keys wait here until the 0810 that carries them has been MACed.
         self._pending_keys: dict[str, Terminal] = {}
 
@@ -156,7 +166,9 @@ class Service:
             code, fields = "96", {}
         response = self._response(message, response_mti, code, fields)
         raw = await self._encode_signed(response, terminal, message)
-        pan = request.card.pan if isinstance(request, FinancialRequest) else ""
+        pan = ""
+        if isinstance(request, FinancialRequest) and request.card is not None:
+            pan = request.card.pan
         log.info(
             "answered",
             extra={
@@ -182,19 +194,18 @@ class Service:
             return "58", {}
         if request.currency is not None and request.currency != authorize.CURRENCY:
             return "12", {}
-        if request.base_mti == "0200" and request.processing_code == PROCESSING_PURCHASE:
-            return await self._financial(request, terminal, merchant, "purchase")
-        if request.base_mti == "0200" and request.processing_code == PROCESSING_BALANCE:
-            return await self._financial(request, terminal, merchant, "balance")
-        return "12", {}
+        kind = flow_kind(request)
+        if kind is None:
+            return "12", {}
+        return await self._financial(request, terminal, merchant, kind)
 
     # --- financial flows ----------------------------------------------------------------------
 
     async def _financial(
         self, request: FinancialRequest, terminal: Terminal, merchant: Merchant, kind: str
     ) -> tuple[str, dict[int, str]]:
-        pan = request.card.pan
-        if not luhn_valid(pan):
+        pan = request.card.pan if request.card is not None else None
+        if pan is not None and not luhn_valid(pan):
             return "14", {}
         key = TransactionKey(request.tid, request.stan, request.transmission)
         digest = request_digest(request.message)
@@ -209,46 +220,58 @@ class Service:
                     conflict=stored.request_digest != digest,
                 )
             )
-        card = await loop.run_in_executor(None, self.store.find_card, self.local_hsm.pan_hash(pan))
-        pin = await self._verify_pin(request, terminal, card)
+        card: CardRecord | None = None
+        card_id: int | None = None
+        if kind in PIN_FLOWS or (kind == "refund" and pan is not None):
+            assert pan is not None
+            card = await loop.run_in_executor(
+                None, self.store.find_card, self.local_hsm.pan_hash(pan)
+            )
+            card_id = None if card is None else card.id
+        elif kind in ("completion", "reversal", "advice") and request.original is not None:
+            original_key = TransactionKey(
+                request.tid, request.original.stan, request.original.transmission
+            )
+            original = await loop.run_in_executor(None, self.store.find_transaction, original_key)
+            card_id = None if original is None else original.card_id
+        pin = PinResult.MISSING
+        if kind in PIN_FLOWS:
+            pin = await self._verify_pin(request, terminal, card)
         now = self.clock()
         today = self.calendar.business_date(now)
-        decide: Callable[[CardSnapshot | None], Outcome]
-        if kind == "purchase":
-            decide = functools.partial(
-                authorize.decide_purchase,
-                request,
-                pin=pin,
-                merchant_account_id=merchant.payable_account_id,
-                today=today,
-            )
-        else:
-            decide = functools.partial(authorize.decide_balance, request, pin=pin, today=today)
+        context = FlowContext(
+            today=today,
+            now=now,
+            pin=pin,
+            merchant=merchant,
+            rules=self.rules,
+            program_accounts=self.program_accounts,
+            hold_period_s=self.hold_period_s,
+        )
         job = AuthorizationJob(
             key=key,
             mti=request.base_mti,
             kind=kind,
+            processing_code=request.processing_code,
             request_digest=digest,
-            card_id=None if card is None else card.id,
+            card_id=card_id,
             merchant_id=merchant.id,
-            pan_masked=pan[:6] + "*" * (len(pan) - 10) + pan[-4:],
+            pan_masked=None if pan is None else pan[:6] + "*" * (len(pan) - 10) + pan[-4:],
             business_date=today.isoformat(),
             now=now.isoformat(),
-            decide=functools.partial(_with_settlement_date, decide, today),
+            decide=functools.partial(_decide, kind, request, context),
         )
         result = await asyncio.wrap_future(self.committer.submit(job))
-        return (
-            _replayed(result)
-            if result.replayed
-            else (result.response_code, dict(result.response_fields))
-        )
+        if result.replayed:
+            return _replayed(result)
+        return result.response_code, dict(result.response_fields)
 
     async def _verify_pin(
         self, request: FinancialRequest, terminal: Terminal, card: CardRecord | None
     ) -> PinResult:
         if request.pin_block is None:
             return PinResult.MISSING
-        if card is None:
+        if card is None or request.card is None:
             return PinResult.INVALID_BLOCK  # no card: the decision is 14 whatever the PIN
         if terminal.dukpt:
             if request.ksn is None:
@@ -264,7 +287,12 @@ class Service:
             )
         else:
             check = await self.hsm.verify_pin_pvv(
-                terminal.tpk, self.pvk_lmk, request.pin_block, request.card.pan, card.pvki, card.pvv
+                terminal.tpk,
+                self.pvk_lmk,
+                request.pin_block,
+                request.card.pan,
+                card.pvki,
+                card.pvv,
             )
         return _PIN_RESULTS[check]
 
@@ -401,12 +429,49 @@ class Service:
         return await self._encode_signed(response, terminal, message)
 
 
-def _with_settlement_date(
-    decide: Callable[[CardSnapshot | None], Outcome], today: date, snapshot: CardSnapshot | None
+# (base MTI, processing code) -> flow; None as processing code: any.
+FLOW_KINDS: dict[tuple[str, str | None], str] = {
+    ("0200", PROCESSING_PURCHASE): "purchase",
+    ("0200", PROCESSING_BALANCE): "balance",
+    ("0200", PROCESSING_REFUND): "refund",
+    ("0100", PROCESSING_PURCHASE): "preauth",
+    ("0220", PROCESSING_PURCHASE): "completion",
+    ("0400", None): "reversal",
+    ("0420", None): "advice",
+    ("0500", PROCESSING_RECONCILIATION): "reconciliation",
+}
+PIN_FLOWS = frozenset({"purchase", "balance", "preauth"})
+
+
+def flow_kind(request: FinancialRequest) -> str | None:
+    """The flow serving a request, or None (answered 12)."""
+    return FLOW_KINDS.get((request.base_mti, request.processing_code)) or FLOW_KINDS.get(
+        (request.base_mti, None)
+    )
+
+
+def _decide(
+    kind: str, request: FinancialRequest, context: FlowContext, view: LedgerView
 ) -> Outcome:
-    outcome = decide(snapshot)
+    if kind == "purchase":
+        outcome = flows.decide_purchase(request, view, context)
+    elif kind == "balance":
+        outcome = flows.decide_balance(request, view, context)
+    elif kind == "refund":
+        outcome = flows.decide_refund(request, view, context)
+    elif kind == "preauth":
+        outcome = flows.decide_preauth(request, view, context)
+    elif kind == "completion":
+        outcome = flows.decide_completion(request, view, context)
+    elif kind in ("reversal", "advice"):
+        outcome = flows.decide_reversal(request, view, context, advice=kind == "advice")
+        if kind == "advice":
+            outcome = replace(outcome, response_code="00")  # advices are always acknowledged
+    else:
+        assert kind == "reconciliation", kind
+        outcome = flows.decide_reconciliation(request, view, context)
     fields = dict(outcome.response_fields)
-    fields[15] = today.strftime("%m%d")
+    fields[15] = context.today.strftime("%m%d")
     return replace(outcome, response_fields=fields)
 
 

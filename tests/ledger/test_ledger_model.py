@@ -9,6 +9,7 @@ import pytest
 from ledger.model import (
     Account,
     AccountFlags,
+    PendingState,
     Transfer,
     TransferCode,
     TransferFlags,
@@ -129,8 +130,65 @@ def test_check_transfer_precedence(
     assert status is expected
 
 
+HOLD = replace(T, id="h1", flags=TransferFlags.PENDING, amount=300, timeout_s=60)
+POST = Transfer(
+    "p1", 1, 2, 0, IRR, TransferCode.PURCHASE, flags=TransferFlags.POST_PENDING, pending_id="h1"
+)
+VOID = replace(POST, id="v1", flags=TransferFlags.VOID_PENDING)
+P = PendingState
+HELD = replace(PURSE, debits_pending=300)
+HELD_MERCHANT = replace(MERCHANT, credits_pending=300)
+
+# Two-phase rows: expected, transfer, pending transfer found, its state.
+# fmt: off
+TWO_PHASE_ROWS = [
+    (S.FLAGS_ARE_MUTUALLY_EXCLUSIVE,            replace(POST, flags=TransferFlags.POST_PENDING | TransferFlags.VOID_PENDING), HOLD, P.PENDING),  # noqa: E501
+    (S.FLAGS_ARE_MUTUALLY_EXCLUSIVE,            replace(HOLD, flags=TransferFlags.PENDING | TransferFlags.POST_PENDING), None, None),  # noqa: E501
+    (S.PENDING_ID_MUST_BE_SET,                  replace(POST, pending_id=None), HOLD, P.PENDING),
+    (S.PENDING_ID_MUST_NOT_BE_SET,              replace(HOLD, pending_id="x"), None, None),
+    (S.TIMEOUT_RESERVED_FOR_PENDING_TRANSFER,   replace(T, timeout_s=5), None, None),
+    (S.AMOUNT_MUST_BE_POSITIVE,                 replace(POST, amount=-1), HOLD, P.PENDING),
+    (S.PENDING_TRANSFER_NOT_FOUND,              POST, None, None),
+    (S.PENDING_TRANSFER_NOT_PENDING,            POST, T, None),
+    (S.PENDING_TRANSFER_ALREADY_POSTED,         POST, HOLD, P.POSTED),
+    (S.PENDING_TRANSFER_ALREADY_VOIDED,         VOID, HOLD, P.VOIDED),
+    (S.PENDING_TRANSFER_EXPIRED,                POST, HOLD, P.EXPIRED),
+    (S.EXCEEDS_PENDING_TRANSFER_AMOUNT,         replace(POST, amount=301), HOLD, P.PENDING),
+    (S.PENDING_TRANSFER_HAS_DIFFERENT_ACCOUNTS, replace(POST, credit_account_id=3), HOLD, P.PENDING),  # noqa: E501
+    (S.CREATED,                                 POST, HOLD, P.PENDING),
+    (S.CREATED,                                 replace(POST, amount=300), HOLD, P.PENDING),
+    (S.CREATED,                                 VOID, HOLD, P.PENDING),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(("expected", "transfer", "pending", "state"), TWO_PHASE_ROWS)
+def test_check_transfer_two_phase(
+    expected: TransferStatus,
+    transfer: Transfer,
+    pending: Transfer | None,
+    state: PendingState | None,
+) -> None:
+    assert check_transfer(transfer, HELD, HELD_MERCHANT, None, pending, state) is expected
+
+
+def test_post_and_void_move_pending_to_posted() -> None:
+    debit, credit = apply_transfer(HELD, HELD_MERCHANT, replace(POST, amount=200), HOLD)
+    assert (debit.debits_pending, debit.debits_posted) == (0, 200)
+    assert (credit.credits_pending, credit.credits_posted) == (0, 200)
+    debit, credit = apply_transfer(HELD, HELD_MERCHANT, POST, HOLD)
+    assert debit.debits_posted == 300, "a post of 0 posts the whole hold"
+    debit, credit = apply_transfer(HELD, HELD_MERCHANT, VOID, HOLD)
+    assert (debit.debits_pending, debit.debits_posted, credit.credits_posted) == (0, 0, 0)
+
+
+# Statuses only create_transfers gives (linked chains); tests/ledger/test_ledger_store.py.
+CHAIN_STATUSES = {S.LINKED_EVENT_FAILED, S.LINKED_EVENT_CHAIN_OPEN}
+
+
 def test_precedence_rows_cover_every_status() -> None:
-    assert {row[0] for row in PRECEDENCE_ROWS} == set(TransferStatus)
+    covered = {row[0] for row in PRECEDENCE_ROWS} | {row[0] for row in TWO_PHASE_ROWS}
+    assert covered | CHAIN_STATUSES == set(TransferStatus)
 
 
 def test_check_transfer_has_no_side_effects() -> None:
@@ -164,14 +222,20 @@ def test_apply_pending_transfer_moves_pending_totals_only() -> None:
 
 def test_apply_keeps_debits_equal_to_credits() -> None:
     accounts = {1: PURSE, 2: MERCHANT, 3: _account(3)}
-    moves = [(1, 2, 300, TransferFlags.NONE), (3, 1, 50, TransferFlags.NONE),
-             (1, 3, 200, TransferFlags.PENDING), (2, 3, 100, TransferFlags.NONE)]
+    moves = [
+        (1, 2, 300, TransferFlags.NONE),
+        (3, 1, 50, TransferFlags.NONE),
+        (1, 3, 200, TransferFlags.PENDING),
+        (2, 3, 100, TransferFlags.NONE),
+    ]
     for index, (debit_id, credit_id, amount, flags) in enumerate(moves):
-        transfer = Transfer(f"t{index}", debit_id, credit_id, amount, IRR,
-                            TransferCode.PURCHASE, flags)
+        transfer = Transfer(
+            f"t{index}", debit_id, credit_id, amount, IRR, TransferCode.PURCHASE, flags
+        )
         assert check_transfer(transfer, accounts[debit_id], accounts[credit_id]) is S.CREATED
         accounts[debit_id], accounts[credit_id] = apply_transfer(
-            accounts[debit_id], accounts[credit_id], transfer)
+            accounts[debit_id], accounts[credit_id], transfer
+        )
     values = accounts.values()
     seeded = PURSE.credits_posted  # credits that came from outside this journal
     assert sum(a.debits_posted for a in values) == sum(a.credits_posted for a in values) - seeded

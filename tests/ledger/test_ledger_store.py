@@ -12,6 +12,7 @@ import os
 import secrets
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -152,7 +153,7 @@ def job(
         pan_masked=None,
         business_date=BUSINESS_DATE,
         now=NOW,
-        decide=decide,
+        decide=lambda view: decide(view.snapshot),
     )
 
 
@@ -200,13 +201,13 @@ def assert_balanced(store: Store) -> None:
 # --- schema ---------------------------------------------------------------------------------------
 
 
-def test_migrate_applies_version_1_once(tmp_path: Path) -> None:
+def test_migrate_applies_each_version_once(tmp_path: Path) -> None:
     ledger = Store(sqlite_url(tmp_path))
     try:
         assert ledger.schema_version() == 0
-        assert ledger.migrate() == [1]
+        assert ledger.migrate() == [1, 2]
         assert ledger.migrate() == []
-        assert ledger.schema_version() == 1
+        assert ledger.schema_version() == 2
         assert ledger.is_empty()
     finally:
         ledger.close()
@@ -214,7 +215,7 @@ def test_migrate_applies_version_1_once(tmp_path: Path) -> None:
     again = Store(sqlite_url(tmp_path))
     try:
         assert again.migrate() == []
-        assert again.schema_version() == 1
+        assert again.schema_version() == 2
     finally:
         again.close()
 
@@ -320,21 +321,37 @@ def test_secret_scan_would_see_a_leaked_pan(tmp_path: Path) -> None:
 def test_post_transfer_created_then_exists(demo_store: Store) -> None:
     program = demo_store.account_by_code(demo.program_account_code("FUND-GEN"))
     target = purse(demo_store, "M0002", "GN")
-    transfer = Transfer("top-up:M0002:1", program.id, target.id, 250_000, 364,
-                        TransferCode.DISBURSEMENT, user_data="top-up")
+    transfer = Transfer(
+        "top-up:M0002:1",
+        program.id,
+        target.id,
+        250_000,
+        364,
+        TransferCode.DISBURSEMENT,
+        user_data="top-up",
+    )
     statuses = []
     for _ in range(2):
         with demo_store.engine.begin() as connection:
-            statuses.append(demo_store.post_transfer(
-                connection, transfer, business_date=BUSINESS_DATE, now=NOW))
+            statuses.append(
+                demo_store.post_transfer(connection, transfer, business_date=BUSINESS_DATE, now=NOW)
+            )
     assert statuses == [TransferStatus.CREATED, TransferStatus.EXISTS]
     assert purse(demo_store, "M0002", "GN").balance_credit == 3_000_000 + 250_000
     assert count(demo_store, schema.transfers) == len(DEMO_PURSES) + 1
-    different = Transfer("top-up:M0002:1", program.id, target.id, 999, 364,
-                         TransferCode.DISBURSEMENT, user_data="top-up")
+    different = Transfer(
+        "top-up:M0002:1",
+        program.id,
+        target.id,
+        999,
+        364,
+        TransferCode.DISBURSEMENT,
+        user_data="top-up",
+    )
     with demo_store.engine.begin() as connection:
-        status = demo_store.post_transfer(connection, different, business_date=BUSINESS_DATE,
-                                          now=NOW)
+        status = demo_store.post_transfer(
+            connection, different, business_date=BUSINESS_DATE, now=NOW
+        )
     assert status is TransferStatus.EXISTS_WITH_DIFFERENT_FIELDS
     assert purse(demo_store, "M0002", "GN").balance_credit == 3_000_000 + 250_000
     assert_balanced(demo_store)
@@ -346,11 +363,16 @@ def test_post_transfer_cannot_overdraw_a_purse(demo_store: Store) -> None:
     before = (source, payee, count(demo_store, schema.transfers), demo_store.totals())
     transfer = Transfer("overdraw:1", source.id, payee.id, 3_000_001, 364, TransferCode.PURCHASE)
     with demo_store.engine.begin() as connection:
-        status = demo_store.post_transfer(connection, transfer, business_date=BUSINESS_DATE,
-                                          now=NOW)
+        status = demo_store.post_transfer(
+            connection, transfer, business_date=BUSINESS_DATE, now=NOW
+        )
     assert status is TransferStatus.EXCEEDS_CREDITS
-    after = (purse(demo_store, "M0002", "GN"), merchant(demo_store),
-             count(demo_store, schema.transfers), demo_store.totals())
+    after = (
+        purse(demo_store, "M0002", "GN"),
+        merchant(demo_store),
+        count(demo_store, schema.transfers),
+        demo_store.totals(),
+    )
     assert after == before
     # Exactly the whole balance is allowed.
     exact = Transfer("overdraw:2", source.id, payee.id, 3_000_000, 364, TransferCode.PURCHASE)
@@ -478,8 +500,12 @@ def test_overdraft_via_posting_is_rejected_and_changes_nothing(demo_store: Store
     for error in errors:
         assert isinstance(error, TransferRejected)
         assert error.status is TransferStatus.EXCEEDS_CREDITS
-    after = (purse(demo_store, "M0002", "GN"), merchant(demo_store), demo_store.totals(),
-             count(demo_store, schema.transactions))
+    after = (
+        purse(demo_store, "M0002", "GN"),
+        merchant(demo_store),
+        demo_store.totals(),
+        count(demo_store, schema.transactions),
+    )
     assert after == before
 
 
@@ -496,12 +522,12 @@ def test_repeated_key_is_replayed_or_a_conflict(demo_store: Store) -> None:
         original = committer.submit(
             job(key(7), pay(source, payee, 1_234), digest="d-original")
         ).result(FUTURE_TIMEOUT_S)
-        same = committer.submit(
-            job(key(7), must_not_run, digest="d-original")
-        ).result(FUTURE_TIMEOUT_S)
-        different = committer.submit(
-            job(key(7), must_not_run, digest="d-other")
-        ).result(FUTURE_TIMEOUT_S)
+        same = committer.submit(job(key(7), must_not_run, digest="d-original")).result(
+            FUTURE_TIMEOUT_S
+        )
+        different = committer.submit(job(key(7), must_not_run, digest="d-other")).result(
+            FUTURE_TIMEOUT_S
+        )
     finally:
         committer.stop()
     assert original.response_code == "00" and not original.replayed
@@ -543,8 +569,8 @@ def test_repeated_key_within_one_batch_is_replayed(demo_store: Store) -> None:
 def pg_demo_store(pg_url: str) -> Iterator[Store]:
     ledger = Store(pg_url)
     try:
-        assert ledger.migrate() == [1]
-        assert ledger.schema_version() == 1
+        assert ledger.migrate() == [1, 2]
+        assert ledger.schema_version() == 2
         demo.load_demo(ledger, Hsm(lmk=Lmk.test()))
         yield ledger
     finally:
@@ -661,3 +687,105 @@ def test_two_committers_crossing_lock_order_do_not_fail_jobs_postgres(
     assert_balanced(pg_demo_store)  # whatever happened, the ledger is consistent
     assert errors == [None] * 4
     assert merchant(pg_demo_store).balance_credit == 600
+
+
+def test_linked_chain_fails_as_a_whole(demo_store: Store) -> None:
+    from ledger.model import TransferFlags, TransferStatus
+
+    source = purse(demo_store, "M0002", "GN")  # holds 3,000,000
+    payee = merchant(demo_store)
+    linked = TransferFlags.LINKED
+    chain = [
+        Transfer("c1", source.id, payee.id, 1_000_000, 364, TransferCode.PURCHASE, flags=linked),
+        Transfer("c2", source.id, payee.id, 5_000_000, 364, TransferCode.PURCHASE, flags=linked),
+        Transfer("c3", source.id, payee.id, 1, 364, TransferCode.PURCHASE),
+        Transfer("c4", source.id, payee.id, 7, 364, TransferCode.PURCHASE, flags=linked),
+    ]
+    with demo_store.transaction() as connection:
+        statuses = demo_store.create_transfers(
+            connection, chain, business_date=BUSINESS_DATE, now=NOW
+        )
+    assert statuses == [
+        TransferStatus.LINKED_EVENT_FAILED,
+        TransferStatus.EXCEEDS_CREDITS,
+        TransferStatus.LINKED_EVENT_FAILED,
+        TransferStatus.LINKED_EVENT_CHAIN_OPEN,
+    ]
+    assert purse(demo_store, "M0002", "GN").balance_credit == 3_000_000
+    with demo_store.transaction() as connection:
+        ok = demo_store.create_transfers(
+            connection, [chain[0], chain[2]], business_date=BUSINESS_DATE, now=NOW
+        )
+    assert ok == [TransferStatus.CREATED, TransferStatus.CREATED]
+    assert purse(demo_store, "M0002", "GN").balance_credit == 3_000_000 - 1_000_001
+    assert demo_store.verify_journal() is None
+    assert_balanced(demo_store)
+
+
+def test_hold_post_void_and_expiry_in_the_store(demo_store: Store) -> None:
+    from ledger.model import TransferFlags, TransferStatus
+
+    source = purse(demo_store, "M0002", "GN")
+    payee = merchant(demo_store)
+    pending = TransferFlags.PENDING
+
+    def create(*transfers: Transfer, now: str = NOW) -> list[TransferStatus]:
+        with demo_store.transaction() as connection:
+            return demo_store.create_transfers(
+                connection, transfers, business_date=BUSINESS_DATE, now=now
+            )
+
+    hold = Transfer(
+        "h1",
+        source.id,
+        payee.id,
+        1_000_000,
+        364,
+        TransferCode.PURCHASE,
+        flags=pending,
+        timeout_s=60,
+    )
+    assert create(hold) == [TransferStatus.CREATED]
+    assert purse(demo_store, "M0002", "GN").available_credit == 2_000_000
+    post = Transfer(
+        "p1",
+        source.id,
+        payee.id,
+        400_000,
+        364,
+        TransferCode.PURCHASE,
+        flags=TransferFlags.POST_PENDING,
+        pending_id="h1",
+    )
+    assert create(post) == [TransferStatus.CREATED]
+    assert create(replace(post, id="p2")) == [TransferStatus.PENDING_TRANSFER_ALREADY_POSTED]
+    account = purse(demo_store, "M0002", "GN")
+    assert (account.balance_credit, account.available_credit) == (2_600_000, 2_600_000)
+    hold2 = replace(hold, id="h2")
+    assert create(hold2) == [TransferStatus.CREATED]
+    void = replace(post, id="v2", amount=0, flags=TransferFlags.VOID_PENDING, pending_id="h2")
+    assert create(void) == [TransferStatus.CREATED]
+    assert purse(demo_store, "M0002", "GN").available_credit == 2_600_000
+    hold3 = replace(hold, id="h3")
+    assert create(hold3) == [TransferStatus.CREATED]
+    later = "2026-05-01T09:00:00+00:00"  # an hour after NOW: past the 60 s timeout
+    assert create(replace(post, id="p3", pending_id="h3"), now=later) == [
+        TransferStatus.PENDING_TRANSFER_EXPIRED
+    ]
+    assert demo_store.expire_pending(later, business_date=BUSINESS_DATE) == ["h3"]
+    assert purse(demo_store, "M0002", "GN").available_credit == 2_600_000
+    assert demo_store.expire_pending(later, business_date=BUSINESS_DATE) == []
+    assert demo_store.verify_journal() is None
+    assert_balanced(demo_store)
+
+
+def test_journal_detects_an_edited_transfer(demo_store: Store) -> None:
+    assert demo_store.verify_journal() is None
+    seq, head = demo_store.journal_head()
+    assert seq > 0 and len(head) == 64
+    with demo_store.engine.begin() as connection:
+        connection.execute(
+            schema.transfers.update().where(schema.transfers.c.seq == 3).values(amount=1)
+        )
+    broken = demo_store.verify_journal()
+    assert broken is not None and broken[0] == 3 and "altered" in broken[1]
