@@ -28,7 +28,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -108,6 +108,8 @@ class Service:
         self.calendar = calendar
         self.clock = clock
         self.rules = rules
+        # Called after every answered request (metrics, velocity alerts); must not block.
+        self.observers: list[Callable[[Decision], None]] = []
         self.program_accounts = dict(program_accounts or {})
         self.hold_period_s = hold_period_s
         # New working keys wait here until the 0810 that carries them has been MACed.
@@ -169,6 +171,18 @@ class Service:
         pan = ""
         if isinstance(request, FinancialRequest) and request.card is not None:
             pan = request.card.pan
+        decision = Decision(
+            mti=message.mti,
+            kind=_kind_of(request),
+            tid=terminal.id,
+            stan=request.stan,
+            response_code=code,
+            amount=request.amount if isinstance(request, FinancialRequest) else 0,
+            pan=pan,
+            elapsed_s=time.perf_counter() - started,
+        )
+        for observer in self.observers:
+            observer(decision)
         log.info(
             "answered",
             extra={
@@ -427,6 +441,28 @@ class Service:
         if terminal is None or terminal.dukpt:
             return self._encode_plain(response)
         return await self._encode_signed(response, terminal, message)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What observers hear about each answered request (the PAN is for in-process velocity
+    checks only: observers must mask it before it leaves the process)."""
+
+    mti: str
+    kind: str
+    tid: str
+    stan: str
+    response_code: str
+    amount: int
+    pan: str
+    elapsed_s: float
+
+
+def _kind_of(request: Request) -> str:
+    if isinstance(request, NetworkRequest):
+        return "network"
+    assert isinstance(request, FinancialRequest)
+    return flow_kind(request) or "unsupported"
 
 
 # (base MTI, processing code) -> flow; None as processing code: any.
