@@ -76,7 +76,7 @@ def synthetic_member(i: int) -> tuple[str, str]:
     """PAN and PIN of synthetic member ``i`` (from 1), as in spec/demo-data.md.
 
     >>> synthetic_member(1)
-    ('6362149000000013', '0001')
+    ('6362149000000012', '0001')
     """
     if not 1 <= i <= 99_999_999:
         raise ValueError(f"synthetic member number must be 1-99999999, got {i}")
