@@ -364,3 +364,29 @@ def run_migration(
             version=version, name=name, applied_at=datetime.now(UTC).isoformat()
         )
     )
+
+
+# --- version 4: closed business dates (settlement) --------------------------------------------
+
+business_days = Table(
+    "business_days",
+    metadata,
+    Column("business_date", String(10), primary_key=True),  # YYYY-MM-DD
+    Column("closed_at", String(32), nullable=False),  # UTC ISO 8601
+    Column("generated_at", String(32)),  # first export of the day's files
+    Column("manifest_sha256", String(64)),  # of the latest export's manifest.json
+)
+
+
+def _v4_business_days(connection: Connection) -> None:
+    metadata.create_all(connection, tables=[business_days])
+    # Settlement reads one business date at a time.
+    connection.exec_driver_sql(
+        "CREATE INDEX ix_transactions_business_date ON transactions (business_date, id)"
+    )
+    connection.exec_driver_sql(
+        "CREATE INDEX ix_transfers_business_date ON transfers (business_date)"
+    )
+
+
+MIGRATIONS.append((4, "closed business dates, settlement indexes", _v4_business_days))
