@@ -41,6 +41,7 @@ from switch.framing import Framer, frame
 from switch.requests import build_tlv, parse_tlv
 
 DEFAULT_STATE = Path("var") / "pos-state.json"
+DEFAULT_DIALECT = "shetab87"
 
 
 @dataclass
@@ -65,7 +66,7 @@ class PosTerminal:
     """Builds requests and checks responses for one terminal."""
 
     profile: TerminalProfile
-    dialect: Dialect = field(default_factory=lambda: get_dialect("shetab87"))
+    dialect: Dialect = field(default_factory=lambda: get_dialect(DEFAULT_DIALECT))
     clock: Any = None  # Callable[[], datetime]; None = now (UTC)
 
     @classmethod
@@ -205,7 +206,7 @@ class PosTerminal:
 
     def completion(self, original: bytes, *, amount: int, stan: str | None = None) -> bytes:
         """The completion (0220) of the pre-authorization ``original`` at the final amount."""
-        first = decode(original, self.dialect)
+        first = self.read(original)
         fields = self._base(stan)
         fields.update(
             {
@@ -253,7 +254,7 @@ class PosTerminal:
     ) -> bytes:
         """A reversal (0400) or reversal advice (0420) of ``original`` (a request payload);
         ``actual_amount`` makes it partial (field 95)."""
-        first = decode(original, self.dialect)
+        first = self.read(original)
         fields = self._base(stan)
         for number in (2, 3, 4, 32, 42, 49):
             if first.has(number):
@@ -302,12 +303,22 @@ class PosTerminal:
         message = Message("0800", fields)
         if mac or (mac is None and code == "101"):
             return self.sign(message)
-        return encode(message, self.dialect)
+        return encode(self.wire(message), self.dialect)
+
+    def wire(self, message: Message) -> Message:
+        """A canonical (shetab87-shaped) message in this terminal's dialect."""
+        return self.dialect.to_wire(message, None, self._now().year)
+
+    def read(self, payload: bytes) -> Message:
+        """Decode a payload of this terminal's dialect into the canonical shape."""
+        return self.dialect.to_canonical(decode(payload, self.dialect))
 
     def sign(self, message: Message) -> bytes:
-        """Encode ``message`` with its MAC under the TAK (or the DUKPT request-MAC key)."""
-        raw = encode_for_mac(message, self.dialect)
-        return raw[:-8] + self._mac(raw[:-8], message, response=False)
+        """Encode ``message`` (canonical shape) in the terminal's dialect with its MAC under the
+        TAK (or the DUKPT request-MAC key)."""
+        wire = self.wire(message)
+        raw = encode_for_mac(wire, self.dialect)
+        return raw[:-8] + self._mac(raw[:-8], wire, response=False)
 
     def _pin_block(self, pin: str, pan: str, ksn: bytes | None) -> bytes:
         clear = encode_pinblock_iso_0(pin, pan)
@@ -336,12 +347,14 @@ class PosTerminal:
     def check_response(
         self, raw: bytes, request: bytes | None = None
     ) -> tuple[Message, bool | None]:
-        """Decode a response; return it and whether its MAC is right (None: it has none)."""
-        message = decode(raw, self.dialect)
-        data = mac_input(raw, message)
+        """Decode a response (into the canonical shape); return it and whether its MAC is right
+        (None: it carries none)."""
+        wire = decode(raw, self.dialect)
+        message = self.dialect.to_canonical(wire)
+        data = mac_input(raw, wire)
         if data is None:
             return message, None
-        ksn_source = message
+        ksn_source = wire
         if request is not None and self.profile.dukpt_ipek:
             ksn_source = decode(request, self.dialect)
         return message, self._mac(data, ksn_source, response=True) == raw[-8:]
@@ -515,6 +528,7 @@ def register(commands: Any) -> None:
         sub.add_argument("--host", default="127.0.0.1")
         sub.add_argument("--port", type=int, default=8583)
         sub.add_argument("--framing", default="ascii4", choices=["ascii4", "binary2"])
+        sub.add_argument("--dialect", default="shetab87", choices=["shetab87", "shetab93"])
         sub.add_argument("--timeout", type=float, default=10.0)
         sub.add_argument(
             "--state",
@@ -536,6 +550,7 @@ async def run_command(args: Any) -> int:
     state_path = Path(args.state)
     state = load_state(state_path)
     terminal = PosTerminal.demo(args.terminal, state)
+    terminal.dialect = get_dialect(args.dialect)
     framing = Framing(args.framing)
     command = args.pos_command
     if command in ("purchase", "balance"):
@@ -551,15 +566,18 @@ async def run_command(args: Any) -> int:
         payload = terminal.network(code)
     if getattr(args, "tamper_mac", False):
         payload = payload[:-1] + bytes([payload[-1] ^ 0x01])
-    request = decode(payload, terminal.dialect)
-    print(f"-> {args.host}:{args.port}\n{render(request, None, terminal.dialect)}")
+    request = terminal.read(payload)
+    canonical = get_dialect("shetab87")  # messages are shown in the canonical shape
+    print(
+        f"-> {args.host}:{args.port} ({terminal.dialect.name})\n{render(request, None, canonical)}"
+    )
     client = await PosClient.connect(args.host, args.port, framing)
     try:
         raw = await client.request(payload, timeout_s=args.timeout)
     finally:
         await client.close()
     response, mac_ok = terminal.check_response(raw, payload)
-    print(f"<- {args.host}:{args.port}\n{render(response, mac_ok, terminal.dialect)}")
+    print(f"<- {args.host}:{args.port}\n{render(response, mac_ok, canonical)}")
     if command == "keyexchange" and response.get(39) == "00":
         tkc, akc = terminal.accept_new_keys(response)
         print(f"new working keys in force (TPK check value {tkc}, TAK check value {akc})")

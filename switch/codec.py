@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import string
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import iso8583
 
 from switch.dialects.base import UNDEFINED_FIELD_LENGTH, Dialect, FieldSpec
+from switch.message import Message as Message  # re-exported: the codec's value type
 
 
 class CodecError(ValueError):
@@ -64,27 +64,6 @@ def _rebuild_codec_error(
     reason: str, field: str | None, pos: int | None, partial: dict[str, str]
 ) -> CodecError:
     return CodecError(reason, field=field, pos=pos, partial=partial)
-
-
-@dataclass(frozen=True)
-class Message:
-    """An ISO 8583 message: MTI and fields (number -> value; binary values as hex)."""
-
-    mti: str
-    fields: Mapping[int, str] = field(default_factory=dict)
-
-    def get(self, number: int) -> str | None:
-        """The value of field ``number`` or None."""
-        return self.fields.get(number)
-
-    def has(self, number: int) -> bool:
-        """True when field ``number`` is present."""
-        return number in self.fields
-
-    def binary(self, number: int) -> bytes | None:
-        """The value of a binary field as bytes, or None."""
-        value = self.fields.get(number)
-        return None if value is None else bytes.fromhex(value)
 
 
 _PRINTABLE = frozenset(string.printable) - frozenset("\t\n\r\x0b\x0c")

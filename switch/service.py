@@ -48,7 +48,7 @@ from switch import authorize, flows
 from switch.authorize import PinResult
 from switch.calendar import BusinessCalendar
 from switch.codec import CodecError, Message, decode, encode, encode_for_mac, mac_input
-from switch.dialects import Dialect
+from switch.dialects import Dialect, shetab87
 from switch.flows import FlowContext
 from switch.hsm_port import HsmPort, HsmUnavailable
 from switch.requests import (
@@ -121,40 +121,46 @@ class Service:
         """Answer one message; None means "log and drop" (nothing identifiable to answer)."""
         started = time.perf_counter()
         try:
-            message = decode(payload, self.dialect)
+            wire = decode(payload, self.dialect)
         except CodecError as error:
             return await self._answer_undecodable(error, peer)
-        response_mti = self.dialect.response_mti.get(message.mti)
-        if response_mti is None:
-            return await self._answer_unknown_mti(message, peer)
+        if self.dialect.response_mti.get(wire.mti) is None:
+            return await self._answer_unknown_mti(wire, peer)
+        try:
+            message = self.dialect.to_canonical(wire)
+        except ValueError as error:
+            return await self._answer_undecodable(
+                CodecError(str(error), field="t", partial=_partial(wire)), peer
+            )
+        response_mti = CANONICAL_RESPONSE_MTI[message.mti]
         if not (message.has(11) and message.has(41)):
             # A terminal matches answers by MTI, field 11 and field 41: without them, no answer.
             log.warning(
-                "request without field 11 or 41 dropped", extra={"peer": peer, "mti": message.mti}
+                "request without field 11 or 41 dropped", extra={"peer": peer, "mti": wire.mti}
             )
             return None
         terminal = self.directory.terminal(message.get(41) or "")
         if terminal is None:
             log.warning(
-                "unknown terminal", extra={"peer": peer, "tid": message.get(41), "mti": message.mti}
+                "unknown terminal", extra={"peer": peer, "tid": message.get(41), "mti": wire.mti}
             )
-            return self._encode_plain(self._response(message, response_mti, "03"))
+            return self._encode_plain(self._response(message, response_mti, "03"), wire)
         try:
             request = parse_request(message)
         except RequestError as error:
             log.warning(
                 "invalid request",
-                extra={"peer": peer, "reason": str(error), "tid": terminal.id, "mti": message.mti},
+                extra={"peer": peer, "reason": str(error), "tid": terminal.id, "mti": wire.mti},
             )
             response = self._response(message, response_mti, error.response_code)
-            return await self._encode_signed(response, terminal, message)
-        mac_ok, terminal = await self._check_mac(payload, request, terminal)
+            return await self._encode_signed(response, terminal, wire)
+        mac_ok, terminal = await self._check_mac(payload, wire, request, terminal)
         if not mac_ok:
             log.warning(
                 "MAC verification failed",
-                extra={"peer": peer, "tid": terminal.id, "stan": request.stan, "mti": message.mti},
+                extra={"peer": peer, "tid": terminal.id, "stan": request.stan, "mti": wire.mti},
             )
-            return self._encode_plain(self._response(message, response_mti, "63"))
+            return self._encode_plain(self._response(message, response_mti, "63"), wire)
         try:
             code, fields = await self._dispatch(request, terminal)
         except HsmUnavailable as error:
@@ -167,7 +173,7 @@ class Service:
             log.exception("request failed", extra={"tid": terminal.id, "stan": request.stan})
             code, fields = "96", {}
         response = self._response(message, response_mti, code, fields)
-        raw = await self._encode_signed(response, terminal, message)
+        raw = await self._encode_signed(response, terminal, wire)
         pan = ""
         if isinstance(request, FinancialRequest) and request.card is not None:
             pan = request.card.pan
@@ -348,22 +354,21 @@ class Service:
     # --- MAC and responses -------------------------------------------------------------------
 
     async def _check_mac(
-        self, payload: bytes, request: Request, terminal: Terminal
+        self, payload: bytes, wire: Message, request: Request, terminal: Terminal
     ) -> tuple[bool, Terminal]:
-        message = request.message
         required = not (
             isinstance(request, NetworkRequest) and request.code != NETWORK_KEY_EXCHANGE
         )
-        data = mac_input(payload, message)
+        data = mac_input(payload, wire)
         if data is None:
             return (not required), terminal
         mac = bytes(payload[-8:])
-        if await self._verify_mac(terminal, message, data, mac):
+        if await self._verify_mac(terminal, wire, data, mac):
             return True, terminal
         loop = asyncio.get_running_loop()
         fresh = await loop.run_in_executor(None, self.directory.refresh_terminal, terminal.id)
         if fresh is not None and fresh != terminal:
-            return await self._verify_mac(fresh, message, data, mac), fresh
+            return await self._verify_mac(fresh, wire, data, mac), fresh
         return False, terminal
 
     async def _verify_mac(
@@ -385,24 +390,33 @@ class Service:
         code: str,
         fields: Mapping[int, str] | None = None,
     ) -> Message:
-        out = {n: request.fields[n] for n in self.dialect.echo_fields if n in request.fields}
+        out = {n: request.fields[n] for n in CANONICAL_ECHO_FIELDS if n in request.fields}
         if request.mti[:2] == "08" and 70 in request.fields:
             out[70] = request.fields[70]
         out.update(fields or {})
         out[39] = code
         return Message(response_mti, out)
 
-    def _encode_plain(self, response: Message) -> bytes:
-        return encode(response, self.dialect)
+    def _to_wire(self, response: Message, wire_request: Message | None) -> Message:
+        return self.dialect.to_wire(response, wire_request, self.clock().year)
+
+    def _encode_plain(self, response: Message, wire_request: Message | None) -> bytes:
+        return encode(self._to_wire(response, wire_request), self.dialect)
 
     async def _encode_signed(
-        self, response: Message, terminal: Terminal, request: Message
+        self, response: Message, terminal: Terminal, wire_request: Message
     ) -> bytes:
-        raw = encode_for_mac(response, self.dialect)
+        return await self._sign_wire(self._to_wire(response, wire_request), terminal, wire_request)
+
+    async def _sign_wire(
+        self, wire_response: Message, terminal: Terminal, wire_request: Message
+    ) -> bytes:
+        """Encode a wire-level response with its MAC (none when the key cannot be known)."""
+        raw = encode_for_mac(wire_response, self.dialect)
         if terminal.dukpt:
-            ksn = request.binary(53)
+            ksn = wire_request.binary(53)
             if ksn is None:
-                return self._encode_plain(response)
+                return encode(wire_response, self.dialect)
             mac = await self.hsm.generate_mac_dukpt(
                 terminal.bdk, ksn, raw[:-8], MacDirection.RESPONSE
             )
@@ -414,6 +428,9 @@ class Service:
             self.directory.replace_terminal(pending)
         return encoded
 
+    def _wire_code(self, code: str) -> str:
+        return self._to_wire(Message("0210", {39: code}), None).fields[39]
+
     async def _answer_undecodable(self, error: CodecError, peer: str) -> bytes | None:
         partial = error.partial
         mti, stan, tid = partial.get("t", ""), partial.get("11", ""), partial.get("41", "")
@@ -424,23 +441,24 @@ class Service:
         )
         if not readable or response_mti is None:
             return None
-        response = Message(response_mti, {11: stan, 41: tid, 39: "30"})
-        terminal = self.directory.terminal(tid)
-        if terminal is None or terminal.dukpt:
-            return self._encode_plain(response)
-        return await self._encode_signed(response, terminal, Message(mti, {}))
+        return await self._answer_wire(Message(mti, {11: stan, 41: tid}), response_mti, "30")
 
     async def _answer_unknown_mti(self, message: Message, peer: str) -> bytes | None:
         mti = message.mti
         log.warning("unsupported MTI", extra={"peer": peer, "mti": mti})
         if int(mti[2]) % 2 or not (message.has(11) and message.has(41)):
             return None  # a response or advice-response sent to us, or unidentifiable
-        response_mti = mti[:2] + str(int(mti[2]) + 1) + "0"
-        response = self._response(message, response_mti, "12")
-        terminal = self.directory.terminal(message.get(41) or "")
+        return await self._answer_wire(message, mti[:2] + str(int(mti[2]) + 1) + "0", "12")
+
+    async def _answer_wire(self, wire_request: Message, response_mti: str, code: str) -> bytes:
+        """A bare wire-level answer (fields 11, 41, 39) to a request the flows never saw."""
+        fields = {n: wire_request.fields[n] for n in (11, 41) if n in wire_request.fields}
+        fields[39] = self._wire_code(code)
+        wire_response = Message(response_mti, fields)
+        terminal = self.directory.terminal(wire_request.get(41) or "")
         if terminal is None or terminal.dukpt:
-            return self._encode_plain(response)
-        return await self._encode_signed(response, terminal, message)
+            return encode(wire_response, self.dialect)
+        return await self._sign_wire(wire_response, terminal, wire_request)
 
 
 @dataclass(frozen=True, slots=True)
@@ -464,6 +482,13 @@ def _kind_of(request: Request) -> str:
     assert isinstance(request, FinancialRequest)
     return flow_kind(request) or "unsupported"
 
+
+def _partial(wire: Message) -> dict[str, str]:
+    return {"t": wire.mti, **{str(k): v for k, v in wire.fields.items()}}
+
+
+CANONICAL_RESPONSE_MTI = shetab87.RESPONSE_MTI
+CANONICAL_ECHO_FIELDS = shetab87.ECHO_FIELDS
 
 # (base MTI, processing code) -> flow; None as processing code: any.
 FLOW_KINDS: dict[tuple[str, str | None], str] = {

@@ -99,6 +99,21 @@ def make_config(tmp_path: Path, ledger_url: str = "", **switch: object) -> Confi
     )
 
 
+@pytest.fixture(params=["shetab87", "shetab93"])
+def dialect_name(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each dialect in turn; the POS simulator speaks it too."""
+    name = str(request.param)
+    monkeypatch.setattr("scripts.pos.DEFAULT_DIALECT", name)
+    return name
+
+
+@pytest.fixture
+def switch_any_dialect(tmp_path: Path, dialect_name: str) -> Iterator[RunningSwitch]:
+    """A switch on a fresh SQLite ledger speaking ``dialect_name``."""
+    with running_switch(make_config(tmp_path, dialect=dialect_name)) as running:
+        yield running
+
+
 @pytest.fixture
 def switch_sqlite(tmp_path: Path) -> Iterator[RunningSwitch]:
     """A switch on a fresh embedded SQLite ledger with the demo data."""

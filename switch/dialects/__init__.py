@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from switch.dialects.base import Dialect, FieldSpec, Framing
 from switch.dialects.shetab87 import SHETAB87
+from switch.dialects.shetab93 import SHETAB93
 
-DIALECTS: dict[str, Dialect] = {SHETAB87.name: SHETAB87}
+DIALECTS: dict[str, Dialect] = {SHETAB87.name: SHETAB87, SHETAB93.name: SHETAB93}
 
 
 def get_dialect(name: str) -> Dialect:

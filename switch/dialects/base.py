@@ -14,8 +14,11 @@ Field formats follow ISO 8583 notation:
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from switch.message import Message
 
 
 class Framing(enum.Enum):
@@ -51,6 +54,12 @@ class Dialect:
     response_mti: dict[str, str]
     mac_fields: tuple[int, int] = (64, 128)
     echo_fields: tuple[int, ...] = ()
+    # The flows speak the canonical (shetab87) shape. A dialect with another shape translates:
+    # to_canonical(wire message) and to_wire(canonical message, wire request or None, year).
+    to_canonical: Callable[[Message], Message] = field(default=lambda message: message)
+    to_wire: Callable[[Message, Message | None, int], Message] = field(
+        default=lambda message, request, year: message
+    )
     by_number: dict[int, FieldSpec] = field(init=False, repr=False, compare=False)
     pyiso_spec: dict[str, Any] = field(init=False, repr=False, compare=False)
 

@@ -13,7 +13,7 @@ from sqlalchemy import select, update
 from ledger import schema
 from ledger.demo import merchant_account_code, program_account_code, purse_account_code
 from scripts.pos import PosTerminal
-from switch.codec import Message, decode
+from switch.codec import Message
 from switch.dialects import get_dialect
 from switch.requests import parse_tlv
 
@@ -43,8 +43,8 @@ def tags(message: Message) -> dict[str, str]:
 
 
 @pytest.fixture
-def s(tmp_path: Path) -> Iterator[RunningSwitch]:
-    with running_switch(make_config(tmp_path)) as running:
+def s(tmp_path: Path, dialect_name: str) -> Iterator[RunningSwitch]:
+    with running_switch(make_config(tmp_path, dialect=dialect_name)) as running:
         yield running
         assert running.app.store.totals().balanced, "debits must equal credits"
         assert running.app.store.verify_journal() is None, "journal hash chain must verify"
@@ -130,8 +130,8 @@ def test_completion_over_tolerance_and_unknown_hold(s: RunningSwitch) -> None:
     assert ask(t, s.host, s.port, t.completion(unknown, amount=1))[0].get(39) == "25"
 
 
-def test_hold_left_open_past_the_hold_period_is_released(tmp_path: Path) -> None:
-    config = make_config(tmp_path, hold_period_s=1, hold_sweep_interval_s=0.2)
+def test_hold_left_open_past_the_hold_period_is_released(tmp_path: Path, dialect_name: str) -> None:
+    config = make_config(tmp_path, hold_period_s=1, hold_sweep_interval_s=0.2, dialect=dialect_name)
     with running_switch(config) as s:
         t = PosTerminal.demo(HOTEL)
         hold = t.preauth(pan=M0001[0], pin=M0001[1], amount=5_000_000)
@@ -270,6 +270,6 @@ def test_retransmitted_completion_and_refund_change_nothing(s: RunningSwitch) ->
     hold = t.preauth(pan=M0001[0], pin=M0001[1], amount=2_000_000)
     ask(t, s.host, s.port, hold)
     completion = t.completion(hold, amount=2_000_000)
-    first, second = (decode(r, DIALECT) for r in talk(s.host, s.port, [completion, completion]))
+    first, second = (t.read(r) for r in talk(s.host, s.port, [completion, completion]))
     assert first.get(39) == second.get(39) == "00" and first.get(38) == second.get(38)
     assert balance(s, "M0001", "TR") == 20_000_000 - 1_600_000

@@ -16,8 +16,8 @@ from helpers import M0002, M0003, M0004, amounts, ask, talk
 DIALECT = get_dialect("shetab87")
 
 
-def test_purchase_then_balance_shows_the_amount_drawn(switch_sqlite: RunningSwitch) -> None:
-    s, t = switch_sqlite, PosTerminal.demo("HNR00004")
+def test_purchase_then_balance_shows_the_amount_drawn(switch_any_dialect: RunningSwitch) -> None:
+    s, t = switch_any_dialect, PosTerminal.demo("HNR00004")
     before, ok = ask(t, s.host, s.port, t.balance(pan=M0002[0], pin=M0002[1]))
     assert before.get(39) == "00" and ok is True
     response, ok = ask(t, s.host, s.port, t.purchase(pan=M0002[0], pin=M0002[1], amount=1_000_000))
@@ -34,8 +34,8 @@ def test_purchase_then_balance_shows_the_amount_drawn(switch_sqlite: RunningSwit
     assert s.app.store.totals().balanced
 
 
-def test_declines_of_the_issue(switch_sqlite: RunningSwitch) -> None:
-    s, t = switch_sqlite, PosTerminal.demo("HNR00004")
+def test_declines_of_the_issue(switch_any_dialect: RunningSwitch) -> None:
+    s, t = switch_any_dialect, PosTerminal.demo("HNR00004")
     cases = [
         (t.purchase(pan=M0002[0], pin="9999", amount=1000), "55"),
         (t.purchase(pan=M0003[0], pin=M0003[1], amount=1000), "62"),
@@ -75,7 +75,7 @@ def test_declines_of_the_issue(switch_sqlite: RunningSwitch) -> None:
     ]
     for payload, expected in cases:
         response, ok = ask(t, s.host, s.port, payload)
-        request = decode(payload, DIALECT)
+        request = t.read(payload)
         assert response.get(39) == expected, (request.fields, response.fields)
         assert ok is True, f"{expected} responses carry a MAC"
         assert response.get(11) == request.get(11) and response.mti == "0210"
@@ -85,8 +85,10 @@ def test_declines_of_the_issue(switch_sqlite: RunningSwitch) -> None:
     assert s.app.store.totals().balanced
 
 
-def test_tampered_mac_gets_63_without_mac_and_changes_nothing(switch_sqlite: RunningSwitch) -> None:
-    s, t = switch_sqlite, PosTerminal.demo("HNR00004")
+def test_tampered_mac_gets_63_without_mac_and_changes_nothing(
+    switch_any_dialect: RunningSwitch,
+) -> None:
+    s, t = switch_any_dialect, PosTerminal.demo("HNR00004")
     payload = t.purchase(pan=M0002[0], pin=M0002[1], amount=1000)
     tampered = payload[:-1] + bytes([payload[-1] ^ 0x40])
     response, ok = ask(t, s.host, s.port, tampered)
@@ -99,8 +101,8 @@ def test_tampered_mac_gets_63_without_mac_and_changes_nothing(switch_sqlite: Run
     assert amounts(balance)[("GN", "02")] == 3_000_000
 
 
-def test_pin_tries_lock_the_card_until_reset(switch_sqlite: RunningSwitch) -> None:
-    s, t = switch_sqlite, PosTerminal.demo("HNR00004")
+def test_pin_tries_lock_the_card_until_reset(switch_any_dialect: RunningSwitch) -> None:
+    s, t = switch_any_dialect, PosTerminal.demo("HNR00004")
     codes = [
         ask(t, s.host, s.port, t.purchase(pan=M0002[0], pin=pin, amount=1000))[0].get(39)
         for pin in ("1111", "2222", "3333", M0002[1])
@@ -108,8 +110,8 @@ def test_pin_tries_lock_the_card_until_reset(switch_sqlite: RunningSwitch) -> No
     assert codes == ["55", "55", "75", "75"]
 
 
-def test_right_pin_resets_the_failure_counter(switch_sqlite: RunningSwitch) -> None:
-    s, t = switch_sqlite, PosTerminal.demo("HNR00004")
+def test_right_pin_resets_the_failure_counter(switch_any_dialect: RunningSwitch) -> None:
+    s, t = switch_any_dialect, PosTerminal.demo("HNR00004")
     codes = [
         ask(t, s.host, s.port, t.purchase(pan=M0002[0], pin=pin, amount=1000))[0].get(39)
         for pin in ("1111", "2222", M0002[1], "3333", "4444", M0002[1])
@@ -117,32 +119,34 @@ def test_right_pin_resets_the_failure_counter(switch_sqlite: RunningSwitch) -> N
     assert codes == ["55", "55", "00", "55", "55", "00"]
 
 
-def test_unknown_terminal_gets_03_without_mac(switch_sqlite: RunningSwitch) -> None:
-    s, t = switch_sqlite, PosTerminal.demo("HNR00004")
+def test_unknown_terminal_gets_03_without_mac(switch_any_dialect: RunningSwitch) -> None:
+    s, t = switch_any_dialect, PosTerminal.demo("HNR00004")
     t.profile.tid = "XXX00009"
     response, ok = ask(t, s.host, s.port, t.purchase(pan=M0002[0], pin=M0002[1], amount=10))
     assert response.get(39) == "03" and ok is None
 
 
-def test_retransmission_returns_the_original_and_posts_once(switch_sqlite: RunningSwitch) -> None:
-    s, t = switch_sqlite, PosTerminal.demo("HNR00004")
+def test_retransmission_returns_the_original_and_posts_once(
+    switch_any_dialect: RunningSwitch,
+) -> None:
+    s, t = switch_any_dialect, PosTerminal.demo("HNR00004")
     payload = t.purchase(pan=M0002[0], pin=M0002[1], amount=250_000)
-    repeat_message = decode(payload, DIALECT)
+    repeat_message = t.read(payload)
     repeat = t.sign(Message("0201", dict(repeat_message.fields)))
     first, second, third = talk(s.host, s.port, [payload, payload, repeat])
-    r1, r2, r3 = (decode(r, DIALECT) for r in (first, second, third))
+    r1, r2, r3 = (t.read(r) for r in (first, second, third))
     assert r1.get(39) == r2.get(39) == r3.get(39) == "00"
     assert r1.get(37) == r2.get(37) == r3.get(37) and r1.get(38) == r2.get(38) == r3.get(38)
     changed = dict(repeat_message.fields)
     changed[4] = "000000000777"
-    conflict = decode(talk(s.host, s.port, [t.sign(Message("0200", changed))])[0], DIALECT)
+    conflict = t.read(talk(s.host, s.port, [t.sign(Message("0200", changed))])[0])
     assert conflict.get(39) == "94"
     balance = ask(t, s.host, s.port, t.balance(pan=M0002[0], pin=M0002[1]))[0]
     assert amounts(balance)[("GN", "02")] == 3_000_000 - 250_000
 
 
-def test_key_exchange_puts_new_keys_in_force(switch_sqlite: RunningSwitch) -> None:
-    s, t = switch_sqlite, PosTerminal.demo("HNR00001")
+def test_key_exchange_puts_new_keys_in_force(switch_any_dialect: RunningSwitch) -> None:
+    s, t = switch_any_dialect, PosTerminal.demo("HNR00001")
     old = PosTerminal.demo("HNR00001")
     response, ok = ask(t, s.host, s.port, t.network("101"))
     assert response.get(39) == "00" and ok is True
@@ -157,8 +161,8 @@ def test_key_exchange_puts_new_keys_in_force(switch_sqlite: RunningSwitch) -> No
     assert stored.tak.startswith("U") and t.profile.tak not in stored.tak
 
 
-def test_dukpt_terminal_purchase(switch_sqlite: RunningSwitch) -> None:
-    s, t = switch_sqlite, PosTerminal.demo("HNR00003")
+def test_dukpt_terminal_purchase(switch_any_dialect: RunningSwitch) -> None:
+    s, t = switch_any_dialect, PosTerminal.demo("HNR00003")
     card = demo.CARDS[5]
     response, ok = ask(t, s.host, s.port, t.purchase(pan=card.pan, pin=card.pin, amount=5000))
     assert response.get(39) == "00" and ok is True
@@ -166,14 +170,14 @@ def test_dukpt_terminal_purchase(switch_sqlite: RunningSwitch) -> None:
     assert response.get(39) == "55" and ok is True
 
 
-def test_network_management(switch_sqlite: RunningSwitch) -> None:
-    s, t = switch_sqlite, PosTerminal.demo("HNR00002")
+def test_network_management(switch_any_dialect: RunningSwitch) -> None:
+    s, t = switch_any_dialect, PosTerminal.demo("HNR00002")
     for code in ("001", "301", "002"):
         response, _ = ask(t, s.host, s.port, t.network(code))
         assert response.mti == "0810" and response.get(39) == "00" and response.get(70) == code
 
 
-def test_binary2_framing(tmp_path: Path) -> None:
+def test_binary2_framing(tmp_path: Path) -> None:  # one dialect is enough here
     with running_switch(make_config(tmp_path, framing="binary2")) as s:
         t = PosTerminal.demo("HNR00004")
         payload = t.purchase(pan=M0002[0], pin=M0002[1], amount=1)
