@@ -347,6 +347,15 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
 ]
 
 
+def _v5_outbox_quarantine(connection: Connection) -> None:
+    # Events refused by the publisher (PAN-shaped content) are kept, never sent: see
+    # ledger/outbox.py, whose table definition includes this column.
+    connection.exec_driver_sql("ALTER TABLE outbox ADD COLUMN quarantined_at VARCHAR(32)")
+
+
+MIGRATIONS.append((5, "outbox quarantine", _v5_outbox_quarantine))
+
+
 def applied_versions(connection: Connection) -> set[int]:
     """Versions recorded in ``schema_migrations`` (empty on a new database)."""
     if not inspect(connection).has_table("schema_migrations"):

@@ -27,6 +27,7 @@ from switch.config import Config
 from switch.dialects import get_dialect
 from switch.dialects.base import Framing
 from switch.hsm_port import HsmPort, InProcessHsmPort
+from switch.metrics import Metrics, Observability, TimedGroupCommitter, observe
 from switch.server import ServerLimits, SwitchServer
 from switch.service import Service
 from switch.trace import TraceWriter
@@ -127,6 +128,7 @@ class App:
     service: Service
     server: SwitchServer
     tracer: TraceWriter | None = None
+    observability: Observability | None = None  # events, velocity alerts, metrics
 
     def close(self) -> None:
         """Stop the committer (after its queue is empty) and release the database."""
@@ -145,7 +147,8 @@ def build_app(config: Config, *, hsm_port: HsmPort | None = None) -> App:
         raise RuntimeError(
             "the ledger has no issuer PVK (setting 'pvk'); load demo data or issue cards first"
         )
-    committer = GroupCommitter(store, batch_max=config.ledger.batch_max)
+    metrics = Metrics()
+    committer = TimedGroupCommitter(store, batch_max=config.ledger.batch_max, metrics=metrics)
     committer.start()
     s = config.switch
     service = Service(
@@ -180,7 +183,8 @@ def build_app(config: Config, *, hsm_port: HsmPort | None = None) -> App:
         limits=limits,
         trace=tracer.write,
     )
-    return App(config, store, hsm, committer, service, server, tracer)
+    observability = observe(config, store, service, server, committer, metrics)
+    return App(config, store, hsm, committer, service, server, tracer, observability)
 
 
 async def serve(
@@ -209,10 +213,14 @@ async def serve(
         if on_ready is not None:
             on_ready(host, port)
         sweeper = asyncio.create_task(sweep_expired_holds(app, stop))
+        if app.observability is not None:
+            await app.observability.start(stop)
         await stop.wait()
         await sweeper
         log.info("shutting down: no new connections, finishing requests in flight")
         await app.server.shutdown()
+        if app.observability is not None:
+            await app.observability.stop()
     finally:
         await asyncio.to_thread(app.close)
         log.info("stopped")

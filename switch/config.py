@@ -75,6 +75,43 @@ class TraceConfig:
 
 
 @dataclass(frozen=True)
+class EventsConfig:
+    """The MQTT events publisher (docs/observability.md); no broker_url: the outbox keeps events."""
+
+    broker_url: str = ""  # mqtt://host:port or mqtts://host:port (TLS)
+    username: str = ""
+    password: str = ""
+    tls_ca_file: str = ""  # empty with mqtts://: the system's CA certificates
+    environment: str = "dev"  # topics are honar/v1/{environment}/...
+    client_id: str = ""  # empty: honar-publisher-{environment}-{pid}
+    batch_max: int = 500  # outbox rows read (and published in order) per round
+    poll_interval_s: float = 0.2  # wait between rounds when the outbox is empty
+    publish_timeout_s: float = 10.0  # a PUBACK not received by then: reconnect
+    reconnect_initial_s: float = 0.5
+    reconnect_max_s: float = 30.0  # the backoff doubles up to this
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus /metrics over HTTP (off unless enabled)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 9108
+
+
+@dataclass(frozen=True)
+class VelocityConfig:
+    """Velocity alert rules (switch/velocity.py), per card, held in memory."""
+
+    enabled: bool = True
+    pin_declines_max: int = 3  # more than this many 55 declines on one card ...
+    pin_declines_window_s: float = 900.0  # ... within this window: an alert
+    amount_hour_max: int = 500_000_000  # more than this many IRR approved on one card in an hour
+    cards_max: int = 100_000  # cards tracked; the least recently seen is forgotten beyond it
+
+
+@dataclass(frozen=True)
 class Config:
     """All settings."""
 
@@ -82,6 +119,9 @@ class Config:
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
     hsm: HsmConfig = field(default_factory=HsmConfig)
     trace: TraceConfig = field(default_factory=TraceConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    velocity: VelocityConfig = field(default_factory=VelocityConfig)
     data_dir: str = str(DEFAULT_DATA_DIR)
 
     @property
@@ -108,6 +148,14 @@ _POSITIVE = {
     "timeout_s",
     "file_size_max",
     "files_max",
+    "poll_interval_s",
+    "publish_timeout_s",
+    "reconnect_initial_s",
+    "reconnect_max_s",
+    "pin_declines_max",
+    "pin_declines_window_s",
+    "amount_hour_max",
+    "cards_max",
 }
 
 
@@ -156,6 +204,11 @@ def validate(config: Config, where: str = "config") -> Config:
         raise ConfigError(f"{where}: switch.cutover_time must be HH:MM, got {s.cutover_time!r}")
     if config.hsm.mode not in ("in-process", "tcp"):
         raise ConfigError(f"{where}: hsm.mode must be in-process or tcp, got {config.hsm.mode!r}")
+    events = config.events
+    if events.broker_url and not re.fullmatch(r"mqtts?://[^/:]+(:\d{1,5})?/?", events.broker_url):
+        raise ConfigError(f"{where}: events.broker_url must be mqtt[s]://host[:port]")
+    if not re.fullmatch(r"[a-z0-9_-]{1,32}", events.environment, flags=re.ASCII):
+        raise ConfigError(f"{where}: events.environment must be 1-32 of a-z 0-9 _ -")
     try:
         from zoneinfo import ZoneInfo
 
