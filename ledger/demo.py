@@ -155,6 +155,7 @@ def load_demo(store: Store, hsm: IssuingHsm) -> None:
     One database transaction: either all of it is there afterwards or none of it.
     """
     pvk = hsm.import_clear_key(PVK_CLEAR, "002")
+    cvk = hsm.import_clear_key(CVK_CLEAR, "402")
     bdk = hsm.import_clear_key(BDK_CLEAR, "009")
     with store.transaction() as connection:
         program_accounts: dict[str, int] = {}
@@ -270,4 +271,5 @@ def load_demo(store: Store, hsm: IssuingHsm) -> None:
                 )
                 assert status is TransferStatus.CREATED, status
         connection.execute(schema.settings.insert().values(key="pvk", value=pvk))
+        connection.execute(schema.settings.insert().values(key="cvk", value=cvk))
     log.info("demo data loaded", extra={"members": len(CARDS), "terminals": len(TERMINALS)})

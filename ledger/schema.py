@@ -341,9 +341,30 @@ def _v2_holds_journal_outbox_rules(connection: Connection) -> None:
     )
 
 
+disbursement_batches = Table(
+    "disbursement_batches",
+    metadata,
+    Column("batch_id", String(40), primary_key=True),
+    Column("program_code", String(20), nullable=False),
+    Column("purse_code", String(2), nullable=False),
+    Column("file_sha256", String(64), nullable=False),  # what makes a rerun "the same batch"
+    Column("rows", Integer, nullable=False),
+    Column("amount_total", BigInteger, nullable=False),
+    Column("purses_created", Integer, nullable=False),
+    Column("created_at", String(32), nullable=False),
+)
+
+
+def _v3_disbursement_batches(connection: Connection) -> None:
+    metadata.create_all(connection, tables=[disbursement_batches])
+    connection.exec_driver_sql("CREATE INDEX ix_purses_code ON purses (code, member_id)")
+    connection.exec_driver_sql("CREATE INDEX ix_purses_expires ON purses (expires)")
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "initial ledger, merchants, terminals, transactions", _v1_initial),
     (2, "holds, journal hash chain, outbox, discount rules", _v2_holds_journal_outbox_rules),
+    (3, "disbursement batches; purse indexes", _v3_disbursement_batches),
 ]
 
 
@@ -399,3 +420,26 @@ def _v4_business_days(connection: Connection) -> None:
 
 
 MIGRATIONS.append((4, "closed business dates, settlement indexes", _v4_business_days))
+
+
+card_days = Table(
+    "card_days", metadata,
+    Column("card_id", Integer, primary_key=True, autoincrement=False),
+    Column("business_date", String(10), primary_key=True),
+    Column("amount", BigInteger, nullable=False),  # approved payments less reversals
+    Column("count", Integer, nullable=False),  # approved payments not fully reversed
+)
+
+
+def _v6_card_days(connection: Connection) -> None:
+    # Daily limits read one row per card and date instead of summing the day's requests.
+    card_days.create(connection)
+    connection.exec_driver_sql(
+        "INSERT INTO card_days (card_id, business_date, amount, count) "
+        "SELECT card_id, business_date, SUM(amount - reversed_amount), COUNT(*) "
+        "FROM transactions WHERE response_code = '00' AND kind IN ('purchase', 'completion') "
+        "AND reversed_amount < amount AND card_id IS NOT NULL GROUP BY card_id, business_date"
+    )
+
+
+MIGRATIONS.append((6, "daily totals per card", _v6_card_days))

@@ -24,7 +24,7 @@ import logging
 import queue
 import threading
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -32,7 +32,9 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Engine,
+    bindparam,
     create_engine,
+    delete,
     event,
     func,
     select,
@@ -74,6 +76,9 @@ RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
 LOCK_RETRIES_MAX = 5
 NEW_TRANSFERS = "honar_new_transfers"  # connection.info key: transfers to seal into the journal
 EVENT_SCHEMA_VERSION = 1
+BULK_CHUNK_ROWS = 10_000  # rows per executemany in bulk operations (bounds one statement's memory)
+IN_CHUNK_MAX = 5_000  # values per SQL IN list
+CARD_STATES = ("active", "blocked")
 
 
 def canonical_transfer(transfer: Transfer, business_date: str, created_at: str) -> str:
@@ -148,6 +153,68 @@ class MerchantRecord:
     chain: str
     sheba: str
     payable_account_id: int
+
+
+@dataclass(frozen=True)
+class MemberRecord:
+    """A member as stored."""
+
+    id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class NewCard:
+    """A card to store: the PAN only encrypted, hashed and masked; the PIN only as a PVV."""
+
+    member_id: str
+    pan_hash: str
+    pan_encrypted: bytes
+    pan_masked: str
+    expiry: str  # YYMM
+    service_code: str
+    pvki: int
+    pvv: str
+    state: str
+    daily_amount_max: int
+    daily_count_max: int
+    payment_amount_max: int
+    pin_tries_max: int
+
+
+@dataclass(frozen=True)
+class DisbursementBatch:
+    """A validated disbursement: (member id, amount) rows, members unique, amounts positive."""
+
+    batch_id: str
+    program_code: str
+    purse_code: str
+    file_sha256: str
+    rows: Sequence[tuple[str, int]]
+
+
+@dataclass(frozen=True)
+class DisbursementRecord:
+    """A disbursement batch as applied."""
+
+    batch_id: str
+    program_code: str
+    purse_code: str
+    file_sha256: str
+    rows: int
+    amount_total: int
+    purses_created: int
+    created_at: str
+
+
+@dataclass(frozen=True)
+class PurseExpiry:
+    """What one expired purse gave back to its program."""
+
+    member_id: str
+    purse_code: str
+    amount: int
+    transfer_id: str
 
 
 @dataclass(frozen=True)
@@ -352,19 +419,7 @@ class Store:
         self._apply(connection, transfer, pending)
         connection.execute(
             schema.transfers.insert().values(
-                id=transfer.id,
-                debit_account_id=transfer.debit_account_id,
-                credit_account_id=transfer.credit_account_id,
-                amount=transfer.amount,
-                ledger=transfer.ledger,
-                code=int(transfer.code),
-                flags=int(transfer.flags),
-                pending_id=transfer.pending_id,
-                user_data=transfer.user_data,
-                timeout_s=transfer.timeout_s,
-                transaction_id=transaction_id,
-                business_date=business_date,
-                created_at=now,
+                **_transfer_values(transfer, business_date, now), transaction_id=transaction_id
             )
         )
         self._track_pending(connection, transfer, pending, now)
@@ -729,17 +784,20 @@ class Store:
         if row is None:
             return None
         card = _card(row)
+        return CardSnapshot(card=card, purses=self._purses(connection, card.member_id, lock=lock))
+
+    def _purses(self, connection: Connection, member_id: str, *, lock: bool) -> tuple[Purse, ...]:
         p, k = schema.purses.c, schema.purse_kinds.c
         purse_rows = connection.execute(
             select(
                 p.code, p.account_id, p.program_code, p.expires, k.chains, k.merchant_ids, k.mccs
             )
             .select_from(schema.purses.outerjoin(schema.purse_kinds, k.code == p.code))
-            .where(p.member_id == card.member_id)
+            .where(p.member_id == member_id)
             .order_by(p.code)
         ).all()
         found = self._accounts(connection, [r.account_id for r in purse_rows], lock=lock)
-        purses = tuple(
+        return tuple(
             Purse(
                 code=r.code,
                 account=found[r.account_id],
@@ -751,7 +809,6 @@ class Store:
             )
             for r in purse_rows
         )
-        return CardSnapshot(card=card, purses=purses)
 
     def snapshot(self, card_id: int) -> CardSnapshot | None:
         """A card snapshot outside any authorization (for tools and tests)."""
@@ -798,6 +855,427 @@ class Store:
                 .where(schema.terminals.c.id == tid)
                 .values(tpk=tpk, tak=tak)
             )
+
+    # --- administration: members, cards, settings ---------------------------------------------
+
+    def set_setting(self, key: str, value: str) -> None:
+        """Store (or replace) a setting."""
+        with self.engine.begin() as connection:
+            connection.execute(delete(schema.settings).where(schema.settings.c.key == key))
+            connection.execute(schema.settings.insert().values(key=key, value=value))
+
+    def add_member(self, member_id: str, name: str) -> None:
+        """Create a member; LedgerError when the id is taken."""
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(schema.members.insert().values(id=member_id, name=name))
+        except IntegrityError:
+            raise LedgerError(f"member {member_id!r} exists already") from None
+
+    def member(self, member_id: str) -> MemberRecord | None:
+        """One member, or None."""
+        with self.engine.connect() as connection:
+            row = connection.execute(
+                select(schema.members).where(schema.members.c.id == member_id)
+            ).one_or_none()
+        return None if row is None else MemberRecord(row.id, row.name)
+
+    def members(self, *, limit: int, offset: int = 0) -> list[MemberRecord]:
+        """Members in id order, ``limit`` of them from ``offset``."""
+        assert limit > 0
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(schema.members).order_by(schema.members.c.id).limit(limit).offset(offset)
+            ).all()
+        return [MemberRecord(row.id, row.name) for row in rows]
+
+    def member_count(self) -> int:
+        """How many members there are."""
+        with self.engine.connect() as connection:
+            return int(connection.scalar(select(func.count()).select_from(schema.members)) or 0)
+
+    def member_ids(self, candidates: Iterable[str] | None = None) -> set[str]:
+        """The ids of all members (or of those among ``candidates`` that exist)."""
+        m = schema.members.c
+        with self.engine.connect() as connection:
+            if candidates is None:
+                return set(connection.scalars(select(m.id)))
+            found: set[str] = set()
+            wanted = sorted(set(candidates))
+            for start in range(0, len(wanted), IN_CHUNK_MAX):
+                chunk = wanted[start : start + IN_CHUNK_MAX]
+                found.update(connection.scalars(select(m.id).where(m.id.in_(chunk))))
+            return found
+
+    def member_cards(self, member_id: str) -> list[CardRecord]:
+        """The member's cards, oldest first."""
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(schema.cards)
+                .where(schema.cards.c.member_id == member_id)
+                .order_by(schema.cards.c.id)
+            ).all()
+        return [_card(row) for row in rows]
+
+    def member_purses(self, member_id: str) -> tuple[Purse, ...]:
+        """The member's purses with their accounts."""
+        with self.engine.connect() as connection:
+            return self._purses(connection, member_id, lock=False)
+
+    def insert_card(self, card: NewCard) -> int:
+        """Store a new card; return its id. LedgerError when the PAN exists already."""
+        try:
+            with self.engine.begin() as connection:
+                if (
+                    connection.execute(
+                        select(schema.members.c.id).where(schema.members.c.id == card.member_id)
+                    ).first()
+                    is None
+                ):
+                    raise LedgerError(f"member {card.member_id!r} not found")
+                result = connection.execute(schema.cards.insert().values(**_card_values(card)))
+        except IntegrityError:
+            raise LedgerError(f"a card with PAN {card.pan_masked} exists already") from None
+        assert result.inserted_primary_key is not None
+        return int(result.inserted_primary_key[0])
+
+    def update_card(
+        self,
+        card_id: int,
+        *,
+        state: str | None = None,
+        pvv: str | None = None,
+        pin_failures: int | None = None,
+    ) -> None:
+        """Change a card's state, PVV or PIN failure counter."""
+        changes: dict[str, Any] = {}
+        if state is not None:
+            assert state in CARD_STATES, state
+            changes["state"] = state
+        if pvv is not None:
+            assert len(pvv) == 4 and pvv.isdigit(), "a PVV is 4 digits"
+            changes["pvv"] = pvv
+        if pin_failures is not None:
+            assert pin_failures >= 0
+            changes["pin_failures"] = pin_failures
+        assert changes, "nothing to change"
+        with self.engine.begin() as connection:
+            result = connection.execute(
+                update(schema.cards).where(schema.cards.c.id == card_id).values(**changes)
+            )
+        if result.rowcount != 1:
+            raise LedgerError(f"card {card_id} not found")
+
+    def add_members_with_cards(
+        self,
+        members: Sequence[tuple[str, str]],
+        cards: Sequence[NewCard],
+        *,
+        disbursement: DisbursementBatch | None = None,
+        business_date: str = "",
+        now: str = "",
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        """Bulk insert of members, their cards and (optionally) a disbursement to them.
+
+        One transaction: all of it or none of it.
+        """
+        try:
+            with self.transaction() as connection:
+                for start in range(0, len(members), BULK_CHUNK_ROWS):
+                    chunk = members[start : start + BULK_CHUNK_ROWS]
+                    connection.execute(
+                        schema.members.insert(), [{"id": i, "name": n} for i, n in chunk]
+                    )
+                for start in range(0, len(cards), BULK_CHUNK_ROWS):
+                    rows = [_card_values(c) for c in cards[start : start + BULK_CHUNK_ROWS]]
+                    connection.execute(schema.cards.insert(), rows)
+                if disbursement is not None:
+                    record = self._claim_batch(connection, disbursement, now)
+                    if record is not None:
+                        raise LedgerError(f"batch {disbursement.batch_id!r} exists already")
+                    self._disburse(connection, disbursement, business_date, now, progress)
+        except IntegrityError as error:
+            raise LedgerError(f"members or cards exist already: {error.orig}") from None
+
+    # --- programs: disbursement and purse expiry -------------------------------------------------
+
+    def program_purse_code(self, program_code: str) -> str | None:
+        """The purse kind a program's existing purses have (None if it funds none or several)."""
+        p = schema.purses.c
+        with self.engine.connect() as connection:
+            codes = connection.scalars(
+                select(p.code).where(p.program_code == program_code).distinct().limit(2)
+            ).all()
+        return codes[0] if len(codes) == 1 else None
+
+    def disbursement_batch(self, batch_id: str) -> DisbursementRecord | None:
+        """A disbursement batch already applied, or None."""
+        with self.engine.connect() as connection:
+            return _batch_record(connection, batch_id)
+
+    def apply_disbursement(
+        self,
+        batch: DisbursementBatch,
+        *,
+        business_date: str,
+        now: str,
+        progress: Callable[[int], None] | None = None,
+    ) -> tuple[DisbursementRecord, bool]:
+        """Apply a validated batch in one transaction; return (its record, applied now?).
+
+        Idempotent by batch id: a batch applied before is not applied again (False is returned);
+        the same id with another file, program or purse raises LedgerError. Every row becomes one
+        DISBURSEMENT transfer from the program's account to the member's purse (created when
+        missing); balances are updated once per account and the journal sealed once.
+        ``progress`` is called with the number of rows written so far.
+        """
+        assert batch.rows, "an empty batch is refused by validation"
+        try:
+            with self.transaction() as connection:
+                record = self._claim_batch(connection, batch, now)
+                if record is not None:
+                    return record, False
+                record = self._disburse(connection, batch, business_date, now, progress)
+        except IntegrityError as error:
+            # Another process applied the same batch id at the same moment; nothing of ours stays.
+            log.info("disbursement batch raced", extra={"batch": batch.batch_id})
+            record = self.disbursement_batch(batch.batch_id)
+            if record is None:
+                raise LedgerError(f"disbursement failed, nothing applied: {error.orig}") from None
+            _check_same_batch(record, batch)
+            return record, False
+        assert record is not None
+        return record, True
+
+    def _disburse(
+        self,
+        connection: Connection,
+        batch: DisbursementBatch,
+        business_date: str,
+        now: str,
+        progress: Callable[[int], None] | None,
+    ) -> DisbursementRecord:
+        report = progress or (lambda _done: None)
+        created = self._write_disbursement(connection, batch, business_date, now, report)
+        connection.execute(
+            update(schema.disbursement_batches)
+            .where(schema.disbursement_batches.c.batch_id == batch.batch_id)
+            .values(purses_created=created)
+        )
+        record = _batch_record(connection, batch.batch_id)
+        assert record is not None
+        self.add_event(
+            connection,
+            "disbursements/batch",
+            {
+                "event_id": f"disbursement-{batch.batch_id}",
+                "type": "disbursement",
+                "time": now,
+                "business_date": business_date,
+                "batch_id": batch.batch_id,
+                "program": batch.program_code,
+                "purse": batch.purse_code,
+                "rows": record.rows,
+                "amount_total": record.amount_total,
+                "purses_created": created,
+            },
+            now=now,
+        )
+        return record
+
+    def _claim_batch(
+        self, connection: Connection, batch: DisbursementBatch, now: str
+    ) -> DisbursementRecord | None:
+        existing = _batch_record(connection, batch.batch_id)
+        if existing is not None:
+            _check_same_batch(existing, batch)
+            return existing
+        connection.execute(
+            schema.disbursement_batches.insert().values(
+                batch_id=batch.batch_id,
+                program_code=batch.program_code,
+                purse_code=batch.purse_code,
+                file_sha256=batch.file_sha256,
+                rows=len(batch.rows),
+                amount_total=sum(amount for _member, amount in batch.rows),
+                purses_created=0,
+                created_at=now,
+            )
+        )
+        return None
+
+    def _write_disbursement(
+        self,
+        connection: Connection,
+        batch: DisbursementBatch,
+        business_date: str,
+        now: str,
+        report: Callable[[int], None],
+    ) -> int:
+        program_query = select(schema.programs.c.account_id).where(
+            schema.programs.c.code == batch.program_code
+        )
+        program_account = connection.scalar(program_query)
+        if program_account is None:
+            raise LedgerError(f"program {batch.program_code!r} not found")
+        kind = connection.execute(
+            select(schema.purse_kinds.c.expires).where(
+                schema.purse_kinds.c.code == batch.purse_code
+            )
+        ).one_or_none()
+        if kind is None:
+            raise LedgerError(f"purse kind {batch.purse_code!r} not found")
+        purse_accounts, created = self._ensure_purses(
+            connection, [m for m, _a in batch.rows], batch, kind.expires
+        )
+        # Lock the program account first, then the purses in id order (as the switch does).
+        self._accounts(connection, [program_account], lock=True)
+        a = schema.accounts.c
+        transfers: list[Transfer] = []
+        credit_rows: list[dict[str, int]] = []
+        for member_id, amount in batch.rows:
+            account_id = purse_accounts[member_id]
+            transfers.append(
+                Transfer(
+                    id=f"disburse:{batch.batch_id}:{member_id}",
+                    debit_account_id=program_account,
+                    credit_account_id=account_id,
+                    amount=amount,
+                    ledger=364,
+                    code=TransferCode.DISBURSEMENT,
+                    user_data=f"batch {batch.batch_id}",
+                )
+            )
+            credit_rows.append({"b_id": account_id, "b_amount": amount})
+        credit_rows.sort(key=lambda row: row["b_id"])
+        credit = (
+            update(schema.accounts)
+            .where(a.id == bindparam("b_id"))
+            .values(credits_posted=a.credits_posted + bindparam("b_amount"))
+        )
+        for start in range(0, len(credit_rows), BULK_CHUNK_ROWS):
+            connection.execute(credit, credit_rows[start : start + BULK_CHUNK_ROWS])
+        total = sum(t.amount for t in transfers)
+        connection.execute(
+            update(schema.accounts)
+            .where(a.id == program_account)
+            .values(debits_posted=a.debits_posted + total)
+        )
+        new = connection.info.setdefault(NEW_TRANSFERS, [])
+        for start in range(0, len(transfers), BULK_CHUNK_ROWS):
+            chunk = transfers[start : start + BULK_CHUNK_ROWS]
+            connection.execute(
+                schema.transfers.insert(),
+                [_transfer_values(t, business_date, now) for t in chunk],
+            )
+            new.extend((t, business_date, now) for t in chunk)
+            report(start + len(chunk))
+        return created
+
+    def _ensure_purses(
+        self,
+        connection: Connection,
+        member_ids: Sequence[str],
+        batch: DisbursementBatch,
+        expires: str | None,
+    ) -> tuple[dict[str, int], int]:
+        """Purse account ids of the members, creating the purses they lack; and how many."""
+        p = schema.purses.c
+        wanted = set(member_ids)
+        found: dict[str, int] = {}
+        for row in connection.execute(
+            select(p.member_id, p.account_id, p.program_code).where(p.code == batch.purse_code)
+        ):
+            if row.member_id in wanted:
+                if row.program_code != batch.program_code:
+                    raise LedgerError(
+                        f"member {row.member_id}: purse {batch.purse_code} is funded by "
+                        f"{row.program_code}, not {batch.program_code}"
+                    )
+                found[row.member_id] = row.account_id
+        missing = sorted(wanted - found.keys())
+        if not missing:
+            return found, 0
+        codes = {f"purse:{m}:{batch.purse_code}": m for m in missing}  # as ledger.demo names them
+        before = int(
+            connection.scalar(select(func.coalesce(func.max(schema.accounts.c.id), 0))) or 0
+        )
+        account_rows = [
+            {
+                "code": code,
+                "ledger": 364,
+                "flags": int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS),
+                "debits_pending": 0,
+                "debits_posted": 0,
+                "credits_pending": 0,
+                "credits_posted": 0,
+            }
+            for code in codes
+        ]
+        for start in range(0, len(account_rows), BULK_CHUNK_ROWS):
+            connection.execute(
+                schema.accounts.insert(), account_rows[start : start + BULK_CHUNK_ROWS]
+            )
+        a = schema.accounts.c
+        # Sequences only grow, so our new rows are those above the largest id seen before.
+        for new_id, new_code in connection.execute(select(a.id, a.code).where(a.id > before)):
+            member_id = codes.get(new_code)
+            if member_id is not None:
+                found[member_id] = int(new_id)
+        assert all(m in found for m in missing), "every new purse account was read back"
+        purse_rows = [
+            {
+                "member_id": m,
+                "code": batch.purse_code,
+                "account_id": found[m],
+                "program_code": batch.program_code,
+                "expires": expires,
+            }
+            for m in missing
+        ]
+        for start in range(0, len(purse_rows), BULK_CHUNK_ROWS):
+            connection.execute(schema.purses.insert(), purse_rows[start : start + BULK_CHUNK_ROWS])
+        return found, len(missing)
+
+    def expire_purses(self, as_of: str, *, business_date: str, now: str) -> list[PurseExpiry]:
+        """Return what expired purses hold to their programs with EXPIRY transfers.
+
+        A purse whose ``expires`` date lies before ``as_of`` (YYYY-MM-DD) gives back its available
+        balance (posted credits less posted and pending debits: holds stay until resolved). One
+        transaction; running it again moves nothing more, because the purses are then empty.
+        """
+        p, pr = schema.purses.c, schema.programs.c
+        expired: list[PurseExpiry] = []
+        with self.transaction() as connection:
+            rows = connection.execute(
+                select(p.member_id, p.code, p.account_id, pr.account_id.label("program_account"))
+                .select_from(schema.purses.join(schema.programs, pr.code == p.program_code))
+                .where(p.expires.is_not(None), p.expires < as_of)
+                .order_by(p.account_id)
+            ).all()
+            found = self._accounts(connection, [r.account_id for r in rows], lock=True)
+            for row in rows:
+                account = found[row.account_id]
+                amount = account.available_credit
+                if amount <= 0:
+                    continue
+                transfer = Transfer(
+                    id=f"expiry:{account.code}:{account.debits_posted}",
+                    debit_account_id=row.account_id,
+                    credit_account_id=row.program_account,
+                    amount=amount,
+                    ledger=364,
+                    code=TransferCode.EXPIRY,
+                    user_data=f"purse expired before {as_of}",
+                )
+                status = self.post_transfer(
+                    connection, transfer, business_date=business_date, now=now
+                )
+                if status is not TransferStatus.CREATED:
+                    raise TransferRejected(status, transfer)
+                expired.append(PurseExpiry(row.member_id, row.code, amount, transfer.id))
+        return expired
 
     # --- authorization --------------------------------------------------------------------------
 
@@ -1316,3 +1794,71 @@ def _card(row: Any) -> CardRecord:
         payment_amount_max=row.payment_amount_max,
         pin_tries_max=row.pin_tries_max,
     )
+
+
+def _transfer_values(transfer: Transfer, business_date: str, now: str) -> dict[str, Any]:
+    return {
+        "id": transfer.id,
+        "debit_account_id": transfer.debit_account_id,
+        "credit_account_id": transfer.credit_account_id,
+        "amount": transfer.amount,
+        "ledger": transfer.ledger,
+        "code": int(transfer.code),
+        "flags": int(transfer.flags),
+        "pending_id": transfer.pending_id,
+        "user_data": transfer.user_data,
+        "timeout_s": transfer.timeout_s,
+        "business_date": business_date,
+        "created_at": now,
+    }
+
+
+def _card_values(card: NewCard) -> dict[str, Any]:
+    assert card.state in CARD_STATES, card.state
+    return {
+        "member_id": card.member_id,
+        "pan_hash": card.pan_hash,
+        "pan_encrypted": card.pan_encrypted,
+        "pan_masked": card.pan_masked,
+        "expiry": card.expiry,
+        "service_code": card.service_code,
+        "pvki": card.pvki,
+        "pvv": card.pvv,
+        "state": card.state,
+        "pin_failures": 0,
+        "daily_amount_max": card.daily_amount_max,
+        "daily_count_max": card.daily_count_max,
+        "payment_amount_max": card.payment_amount_max,
+        "pin_tries_max": card.pin_tries_max,
+    }
+
+
+def _batch_record(connection: Connection, batch_id: str) -> DisbursementRecord | None:
+    row = connection.execute(
+        select(schema.disbursement_batches).where(
+            schema.disbursement_batches.c.batch_id == batch_id
+        )
+    ).one_or_none()
+    if row is None:
+        return None
+    return DisbursementRecord(
+        batch_id=row.batch_id,
+        program_code=row.program_code,
+        purse_code=row.purse_code,
+        file_sha256=row.file_sha256,
+        rows=row.rows,
+        amount_total=row.amount_total,
+        purses_created=row.purses_created,
+        created_at=row.created_at,
+    )
+
+
+def _check_same_batch(record: DisbursementRecord, batch: DisbursementBatch) -> None:
+    theirs = (record.program_code, record.purse_code, record.file_sha256)
+    ours = (batch.program_code, batch.purse_code, batch.file_sha256)
+    if theirs != ours:
+        raise LedgerError(
+            f"batch {batch.batch_id!r} was applied on {record.created_at} with another "
+            f"file, program or purse ({record.program_code}/{record.purse_code}, sha256 "
+            f"{record.file_sha256[:12]}…); nothing applied now"
+        )

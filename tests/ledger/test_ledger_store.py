@@ -205,9 +205,10 @@ def test_migrate_applies_each_version_once(tmp_path: Path) -> None:
     ledger = Store(sqlite_url(tmp_path))
     try:
         assert ledger.schema_version() == 0
-        assert ledger.migrate() == [1, 2]
+        versions = [version for version, _name, _step in schema.MIGRATIONS]
+        assert ledger.migrate() == versions
         assert ledger.migrate() == []
-        assert ledger.schema_version() == 2
+        assert ledger.schema_version() == max(versions)
         assert ledger.is_empty()
     finally:
         ledger.close()
@@ -215,7 +216,7 @@ def test_migrate_applies_each_version_once(tmp_path: Path) -> None:
     again = Store(sqlite_url(tmp_path))
     try:
         assert again.migrate() == []
-        assert again.schema_version() == 2
+        assert again.schema_version() == max(versions)
     finally:
         again.close()
 
@@ -569,8 +570,8 @@ def test_repeated_key_within_one_batch_is_replayed(demo_store: Store) -> None:
 def pg_demo_store(pg_url: str) -> Iterator[Store]:
     ledger = Store(pg_url)
     try:
-        assert ledger.migrate() == [1, 2]
-        assert ledger.schema_version() == 2
+        assert ledger.migrate() == [version for version, _name, _step in schema.MIGRATIONS]
+        assert ledger.schema_version() == max(v for v, _n, _s in schema.MIGRATIONS)
         demo.load_demo(ledger, Hsm(lmk=Lmk.test()))
         yield ledger
     finally:
