@@ -196,12 +196,13 @@ def disburse_file(
     business_date: str,
     now: str,
     purse_code: str | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> DisbursementReport:
     """Validate ``path`` completely, then apply it as batch ``batch_id`` (all or nothing).
 
     Raises DisbursementError listing every problem when the file is not valid, ValueError for
     bad arguments, and ``ledger.store.LedgerError`` when the batch id was used for another file.
+    ``progress`` is called with (rows written, rows in the file) while the batch is applied.
     """
     check_batch_id(batch_id)
     with open(path, "rb") as handle:
@@ -219,10 +220,15 @@ def disburse_file(
     if problems:
         raise DisbursementError(problems)
     batch = DisbursementBatch(batch_id, program_code, purse, digest, rows)
+    report = None if progress is None else _progress_of(progress, len(rows))
     record, applied = store.apply_disbursement(
-        batch, business_date=business_date, now=now, progress=progress
+        batch, business_date=business_date, now=now, progress=report
     )
     return DisbursementReport(record, applied)
+
+
+def _progress_of(progress: Callable[[int, int], None], total: int) -> Callable[[int], None]:
+    return lambda done: progress(done, total)
 
 
 class ProgressBar:
@@ -230,8 +236,8 @@ class ProgressBar:
 
     >>> import io
     >>> out = io.StringIO()
-    >>> bar = ProgressBar(out, "applying", 200)
-    >>> bar(100); bar(200)
+    >>> bar = ProgressBar(out, "applying")
+    >>> bar(100, 200); bar(200, 200)
     >>> out.getvalue().splitlines()[-1]
     'applying [##############################] 100%  200/200'
     """
@@ -239,27 +245,26 @@ class ProgressBar:
     WIDTH = 30
     STEP_PERCENT_PLAIN = 10
 
-    def __init__(self, stream: TextIO, label: str, total: int) -> None:
-        assert total > 0
+    def __init__(self, stream: TextIO, label: str) -> None:
         self.stream = stream
         self.label = label
-        self.total = total
         self.tty = stream.isatty()
         self._shown = -1
 
-    def __call__(self, done: int) -> None:
+    def __call__(self, done: int, total: int) -> None:
         """Show ``done`` of ``total``."""
-        assert 0 <= done <= self.total
-        percent = done * 100 // self.total
+        assert 0 <= done <= total
+        assert total > 0
+        percent = done * 100 // total
         step = 1 if self.tty else self.STEP_PERCENT_PLAIN
-        if percent // step == self._shown // step and done != self.total:
+        if percent // step == self._shown // step and done != total:
             return
         if percent == self._shown:
             return
         self._shown = percent
-        filled = done * self.WIDTH // self.total
+        filled = done * self.WIDTH // total
         bar = "#" * filled + " " * (self.WIDTH - filled)
-        text = f"{self.label} [{bar}] {percent:3d}%  {done:,}/{self.total:,}"
-        end = "" if self.tty and done != self.total else "\n"
+        text = f"{self.label} [{bar}] {percent:3d}%  {done:,}/{total:,}"
+        end = "" if self.tty and done != total else "\n"
         self.stream.write(("\r" if self.tty else "") + text + end)
         self.stream.flush()

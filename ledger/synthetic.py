@@ -87,7 +87,7 @@ def create_synthetic_members(
     *,
     business_date: str,
     now: str,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> SyntheticResult:
     """Make sure synthetic members 1..``count`` exist, with cards and funded GN purses."""
     if not 1 <= count <= SYNTHETIC_MEMBERS_MAX:
@@ -122,6 +122,6 @@ def create_synthetic_members(
         disbursement=batch,
         business_date=business_date,
         now=now,
-        progress=progress,
+        progress=None if progress is None else (lambda done: progress(done, len(members))),
     )
     return SyntheticResult(len(members), len(existing), batch_id)
