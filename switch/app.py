@@ -19,7 +19,8 @@ from pathlib import Path
 from hsm_sim.hsm import Hsm
 from hsm_sim.keys import Lmk
 from ledger import demo
-from ledger.store import GroupCommitter, Store
+from ledger.engine import GroupCommitter
+from ledger.store import Store
 from merchants.directory import Directory, Merchant, Terminal
 from merchants.discounts import DiscountRule
 from switch.calendar import BusinessCalendar

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from datetime import UTC, datetime
@@ -31,8 +32,9 @@ from prometheus_client.registry import Collector
 
 from hsm_sim.hsm import MacDirection, PinCheck, WorkingKey
 from ledger.domain import AuthorizationJob, JobResult
+from ledger.engine import GroupCommitter
 from ledger.outbox import Outbox
-from ledger.store import GroupCommitter, Store
+from ledger.store import Store
 from switch.config import Config
 from switch.hsm_port import HsmPort
 from switch.publish import KeyExchangeEvents, Publisher
@@ -222,11 +224,16 @@ class _OutboxCollector(Collector):
 
 
 class TimedGroupCommitter(GroupCommitter):
-    """:class:`ledger.store.GroupCommitter` that reports each batch's size and commit time."""
+    """:class:`ledger.store.GroupCommitter` that reports each batch's size and commit time.
+
+    It also holds :attr:`write_lock` around each batch, so that the outbox's own writes (marks,
+    alerts) from this process never interleave with a batch (see :class:`ledger.outbox.Outbox`).
+    """
 
     def __init__(self, store: Any, *, batch_max: int = 256, metrics: Metrics) -> None:
         super().__init__(store, batch_max=batch_max)
         self.metrics = metrics
+        self.write_lock = threading.RLock()
 
     def _commit_batch(
         self,
@@ -234,7 +241,8 @@ class TimedGroupCommitter(GroupCommitter):
         attempt: int = 1,
     ) -> None:
         started = time.perf_counter()
-        super()._commit_batch(batch, attempt)
+        with self.write_lock:
+            super()._commit_batch(batch, attempt)
         if attempt == 1:  # retries of lock conflicts are inside this one's time
             self.metrics.commit_latency.observe(time.perf_counter() - started)
             self.metrics.commit_batch_size.observe(len(batch))
@@ -378,7 +386,8 @@ def observe(
     metrics: Metrics,
 ) -> Observability:
     """Wire metrics, velocity alerts and key-exchange events into a built switch."""
-    outbox = Outbox(store.engine)
+    lock = committer.write_lock if isinstance(committer, TimedGroupCommitter) else None
+    outbox = Outbox(store.engine, lock)
     emitter = OutboxEmitter(outbox.write_events, clock=service.clock)
     key_events = KeyExchangeEvents(
         lambda tid: getattr(service.directory.terminal(tid), "tmk", None) or None,

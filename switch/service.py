@@ -27,6 +27,7 @@ import concurrent.futures
 import functools
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -96,6 +97,7 @@ class Service:
         rules: tuple[DiscountRule, ...] = (),
         program_accounts: dict[str, int] | None = None,
         hold_period_s: int = 7 * 24 * 3600,
+        card_cache_max: int = 100_000,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.dialect = dialect
@@ -112,6 +114,8 @@ class Service:
         self.observers: list[Callable[[Decision], None]] = []
         self.program_accounts = dict(program_accounts or {})
         self.hold_period_s = hold_period_s
+        self._cards: OrderedDict[str, CardRecord] = OrderedDict()
+        self.card_cache_max = card_cache_max
         # New working keys wait here until the 0810 that carries them has been MACed.
         self._pending_keys: dict[str, Terminal] = {}
 
@@ -227,26 +231,46 @@ class Service:
         pan = request.card.pan if request.card is not None else None
         if pan is not None and not luhn_valid(pan):
             return "14", {}
+        try:
+            return await self._authorize(request, terminal, merchant, kind, pan, fresh=False)
+        except flows.StaleCard:
+            # The card's PIN data changed since we cached it: look it up again, verify again.
+            return await self._authorize(request, terminal, merchant, kind, pan, fresh=True)
+
+    async def _card(self, pan: str, *, fresh: bool) -> CardRecord | None:
+        """The card for a PAN; cached by keyed hash (only its id and PVV are used from the
+        cache: every decision re-reads the card, and a changed PVV forces a fresh look-up)."""
+        pan_hash = self.local_hsm.pan_hash(pan)
+        card = None if fresh else self._cards.get(pan_hash)
+        if card is not None:
+            self._cards.move_to_end(pan_hash)
+            return card
+        loop = asyncio.get_running_loop()
+        card = await loop.run_in_executor(None, self.store.find_card, pan_hash)
+        if card is not None:
+            self._cards[pan_hash] = card
+            while len(self._cards) > self.card_cache_max:
+                self._cards.popitem(last=False)
+        return card
+
+    async def _authorize(
+        self,
+        request: FinancialRequest,
+        terminal: Terminal,
+        merchant: Merchant,
+        kind: str,
+        pan: str | None,
+        *,
+        fresh: bool,
+    ) -> tuple[str, dict[int, str]]:
         key = TransactionKey(request.tid, request.stan, request.transmission)
         digest = request_digest(request.message)
         loop = asyncio.get_running_loop()
-        stored = await loop.run_in_executor(None, self.store.find_transaction, key)
-        if stored is not None:
-            return _replayed(
-                JobResult(
-                    stored.response_code,
-                    stored.response_fields,
-                    replayed=True,
-                    conflict=stored.request_digest != digest,
-                )
-            )
         card: CardRecord | None = None
         card_id: int | None = None
         if kind in PIN_FLOWS or (kind == "refund" and pan is not None):
             assert pan is not None
-            card = await loop.run_in_executor(
-                None, self.store.find_card, self.local_hsm.pan_hash(pan)
-            )
+            card = await self._card(pan, fresh=fresh)
             card_id = None if card is None else card.id
         elif kind in ("completion", "reversal", "advice") and request.original is not None:
             original_key = TransactionKey(
@@ -279,7 +303,9 @@ class Service:
             pan_masked=None if pan is None else pan[:6] + "*" * (len(pan) - 10) + pan[-4:],
             business_date=today.isoformat(),
             now=now.isoformat(),
-            decide=functools.partial(_decide, kind, request, context),
+            decide=functools.partial(
+                _decide, kind, request, context, None if card is None else (card.pvki, card.pvv)
+            ),
         )
         result = await asyncio.wrap_future(self.committer.submit(job))
         if result.replayed:
@@ -512,8 +538,16 @@ def flow_kind(request: FinancialRequest) -> str | None:
 
 
 def _decide(
-    kind: str, request: FinancialRequest, context: FlowContext, view: LedgerView
+    kind: str,
+    request: FinancialRequest,
+    context: FlowContext,
+    pin_data: tuple[int, str] | None,
+    view: LedgerView,
 ) -> Outcome:
+    if pin_data is not None and kind in PIN_FLOWS:
+        snapshot = view.snapshot
+        if snapshot is not None and (snapshot.card.pvki, snapshot.card.pvv) != pin_data:
+            raise flows.StaleCard(f"card {snapshot.card.id}: PVV changed since verification")
     if kind == "purchase":
         outcome = flows.decide_purchase(request, view, context)
     elif kind == "balance":

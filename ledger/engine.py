@@ -1,0 +1,927 @@
+"""The authorization engine: group commit with the batch's working set in memory.
+
+Theory of operation. One thread takes every authorization job waiting (up to ``batch_max``)
+and runs them in one database transaction:
+
+1. Prefetch, in one statement each, what the batch will read: earlier requests with the same
+   keys (retransmissions), tombstones, the cards, their members' purses and accounts, the
+   cards' daily totals. On PostgreSQL the cards and accounts are locked (``FOR UPDATE``, in id
+   order) so that several switch processes can share the ledger.
+2. Run each job's pure ``decide`` against a :class:`ledger.domain.LedgerView` over that
+   working set. Its postings are validated with :func:`ledger.model.check_transfer` and
+   applied to the in-memory accounts; everything the job changes is collected on the side and
+   merged into the batch only when the whole job succeeded, so a failing job leaves no trace
+   (the savepoint of the old design, without its cost).
+3. Write the batch with one ``executemany`` per table (requests, transfers, hold states,
+   accounts, cards, daily totals, tombstones, outbox), seal the journal hash chain, commit.
+4. Only then resolve the jobs' futures: nothing is answered before it is durable.
+
+Reads the working set does not hold (an original by RRN, the postings of an original, a
+terminal's totals) first write out what the batch has so far, then ask SQL on the same
+connection, so they see the batch's own effects.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from ledger import schema
+from ledger.domain import (
+    AuthorizationJob,
+    CardRecord,
+    CardSnapshot,
+    JobResult,
+    Outcome,
+    Posting,
+    Purse,
+    StoredTransaction,
+    TerminalTotals,
+    TransactionKey,
+    TransactionRecord,
+)
+from ledger.model import (
+    Account,
+    AccountFlags,
+    PendingState,
+    Transfer,
+    TransferCode,
+    TransferFlags,
+    TransferStatus,
+    apply_transfer,
+    check_transfer,
+)
+from ledger.store import (
+    EVENT_SCHEMA_VERSION,
+    NEW_TRANSFERS,
+    RETRYABLE_SQLSTATES,
+    LedgerError,
+    Store,
+    TransferRejected,
+    _View,
+    replayed_result,
+    transfer_digest,
+)
+
+log = logging.getLogger("honar.ledger")
+
+BATCH_RETRIES_MAX = 5
+UNIQUE_VIOLATION = "23505"
+PAYMENT_KINDS = ("purchase", "completion")
+
+_TX_COLUMNS = (
+    "id",
+    "tid",
+    "stan",
+    "transmission",
+    "mti",
+    "kind",
+    "processing_code",
+    "request_digest",
+    "card_id",
+    "member_id",
+    "merchant_id",
+    "pan_masked",
+    "amount",
+    "response_code",
+    "rrn",
+    "auth_id",
+    "response_json",
+    "business_date",
+    "created_at",
+    "discount",
+    "discount_rule",
+    "discount_funded_by",
+    "amount_charged",
+    "purses_used",
+    "original_id",
+    "reversed_amount",
+    "refunded_amount",
+    "hold_state",
+    "hold_expires_at",
+    "tombstone",
+)
+_TX_DEFAULTS: dict[str, Any] = {
+    "processing_code": "",
+    "discount": 0,
+    "discount_rule": "",
+    "discount_funded_by": "",
+    "amount_charged": 0,
+    "purses_used": "",
+    "original_id": None,
+    "reversed_amount": 0,
+    "refunded_amount": 0,
+    "hold_state": "",
+    "hold_expires_at": None,
+    "tombstone": False,
+}
+_ACCOUNT_COLUMNS = (
+    "id, code, ledger, flags, debits_pending, debits_posted, credits_pending, credits_posted"
+)
+
+
+def decision_event(
+    job: AuthorizationJob, outcome: Outcome, rrn: str, auth_id: str, transaction_id: int
+) -> dict[str, Any]:
+    """The outbox event of one decision (no card data but the masked PAN)."""
+    payload: dict[str, Any] = {
+        "event_id": hashlib.sha256(
+            f"{job.key.tid}|{job.key.stan}|{job.key.transmission}".encode()
+        ).hexdigest()[:32],
+        "schema": EVENT_SCHEMA_VERSION,
+        "type": job.kind,
+        "time": job.now,
+        "business_date": job.business_date,
+        "mti": job.mti,
+        "processing_code": job.processing_code,
+        "terminal_id": job.key.tid,
+        "stan": job.key.stan,
+        "merchant_id": job.merchant_id,
+        "pan_masked": job.pan_masked,
+        "amount": outcome.amount,
+        "response_code": outcome.response_code,
+        "approved": outcome.response_code == "00",
+        "rrn": rrn,
+        "auth_id": auth_id,
+        "transaction_id": transaction_id,
+    }
+    payload.update(outcome.event or {})
+    return payload
+
+
+def authorization_id(transaction_id: int, key: TransactionKey) -> str:
+    """A 6-digit authorization id derived from the request (stable for its retransmissions)."""
+    digest = hashlib.sha256(f"{transaction_id}|{key}".encode()).hexdigest()
+    return f"{int(digest[:8], 16) % 1_000_000:06d}"
+
+
+@dataclass
+class _PurseRow:
+    code: str
+    account_id: int
+    program_code: str
+    expires: str | None
+    chains: frozenset[str]
+    merchant_ids: frozenset[str]
+    mccs: frozenset[str]
+
+
+@dataclass
+class _Changes:
+    """What one job changes, kept apart until the job has succeeded."""
+
+    accounts: dict[int, Account] = field(default_factory=dict)
+    pending: dict[str, tuple[Transfer, PendingState, str | None]] = field(default_factory=dict)
+    transfers: list[tuple[Transfer, int]] = field(default_factory=list)
+    state_inserts: list[tuple[Any, ...]] = field(default_factory=list)
+    state_updates: list[tuple[Any, ...]] = field(default_factory=list)
+    card: CardRecord | None = None
+    days: dict[tuple[int, str], tuple[int, int]] = field(default_factory=dict)
+    transaction: dict[str, Any] | None = None
+    record: TransactionRecord | None = None
+    updates: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    tombstone: tuple[str, str, str, int] | None = None
+    event: tuple[Any, ...] | None = None
+
+
+class _Batch:
+    """The working set of one batch and the writes it owes the database."""
+
+    def __init__(self, store: Store, connection: Connection, jobs: Sequence[AuthorizationJob]):
+        self.store = store
+        self.connection = connection
+        self.postgres = not store.is_sqlite
+        self.accounts: dict[int, Account] = {}
+        self.cards: dict[int, CardRecord] = {}
+        self.purses: dict[str, list[_PurseRow]] = {}
+        self.days: dict[tuple[int, str], tuple[int, int]] = {}
+        self.pending: dict[str, tuple[Transfer, PendingState, str | None]] = {}
+        self.records: dict[int, TransactionRecord] = {}
+        self.keys: dict[TransactionKey, TransactionRecord] = {}
+        self.stored: dict[TransactionKey, StoredTransaction] = {}
+        self.tombstones: set[TransactionKey] = set()
+        self.new_transactions: dict[TransactionKey, StoredTransaction] = {}
+        self._ids: list[int] = []
+        self._next_id = 0
+        # writes owed
+        self.tx_inserts: list[dict[str, Any]] = []
+        self.transfer_inserts: list[tuple[Transfer, int, str, str]] = []
+        self.state_inserts: list[tuple[Any, ...]] = []
+        self.state_updates: list[tuple[Any, ...]] = []
+        self.dirty_accounts: set[int] = set()
+        self.dirty_cards: set[int] = set()
+        self.dirty_days: set[tuple[int, str]] = set()
+        self.tx_updates: list[tuple[int, dict[str, Any]]] = []
+        self.tombstone_inserts: list[tuple[str, str, str, int]] = []
+        self.outbox_inserts: list[tuple[Any, ...]] = []
+        self._prefetch(jobs)
+
+    # --- SQL helpers ---------------------------------------------------------------------------
+
+    def sql(self, statement: str) -> str:
+        """``?`` placeholders in the driver's own style."""
+        return statement.replace("?", "%s") if self.postgres else statement
+
+    def rows(self, statement: str, params: Sequence[Any] = ()) -> list[Any]:
+        return list(self.connection.exec_driver_sql(self.sql(statement), tuple(params)))
+
+    def _in(self, values: Sequence[Any]) -> str:
+        return ",".join("?" * len(values))
+
+    def _lock(self) -> str:
+        return " FOR UPDATE" if self.postgres else ""
+
+    # --- prefetch ------------------------------------------------------------------------------
+
+    def _prefetch(self, jobs: Sequence[AuthorizationJob]) -> None:
+        keys = {job.key for job in jobs}
+        tids = sorted({k.tid for k in keys})
+        stans = sorted({k.stan for k in keys})
+        for row in self.rows(
+            "SELECT id, tid, stan, transmission, mti, request_digest, response_code, "
+            f"response_json, card_id FROM transactions WHERE tid IN ({self._in(tids)}) "
+            f"AND stan IN ({self._in(stans)})",
+            [*tids, *stans],
+        ):
+            key = TransactionKey(row[1], row[2], row[3])
+            if key in keys:
+                self.stored[key] = StoredTransaction(
+                    id=row[0],
+                    key=key,
+                    mti=row[4],
+                    request_digest=row[5],
+                    response_code=row[6],
+                    response_fields={int(k): v for k, v in json.loads(row[7]).items()},
+                    card_id=row[8],
+                )
+        for row in self.rows(
+            f"SELECT tid, stan, transmission FROM tombstones WHERE tid IN ({self._in(tids)}) "
+            f"AND stan IN ({self._in(stans)})",
+            [*tids, *stans],
+        ):
+            self.tombstones.add(TransactionKey(row[0], row[1], row[2]))
+        card_ids = sorted({job.card_id for job in jobs if job.card_id is not None})
+        if card_ids:
+            self._load_cards(card_ids)
+            pairs = sorted(
+                {(job.card_id, job.business_date) for job in jobs if job.card_id is not None}
+            )
+            dates = sorted({d for _, d in pairs})
+            for row in self.rows(
+                "SELECT card_id, business_date, amount, count FROM card_days WHERE card_id IN "
+                f"({self._in(card_ids)}) AND business_date IN ({self._in(dates)})",
+                [*card_ids, *dates],
+            ):
+                self.days[(row[0], row[1])] = (int(row[2]), int(row[3]))
+
+    def _load_cards(self, card_ids: Sequence[int]) -> None:
+        columns = (
+            "id, member_id, pan_masked, expiry, service_code, pvki, pvv, state, "
+            "pin_failures, daily_amount_max, daily_count_max, payment_amount_max, "
+            "pin_tries_max"
+        )
+        for row in self.rows(
+            f"SELECT {columns} FROM cards WHERE id IN ({self._in(card_ids)}) ORDER BY id"
+            + self._lock(),
+            card_ids,
+        ):
+            self.cards[row[0]] = CardRecord(*row)
+        members = sorted({c.member_id for c in self.cards.values()} - set(self.purses))
+        if not members:
+            return
+        account_ids: list[int] = []
+        for row in self.rows(
+            "SELECT p.member_id, p.code, p.account_id, p.program_code, p.expires, k.chains, "
+            "k.merchant_ids, k.mccs FROM purses p LEFT JOIN purse_kinds k ON k.code = p.code "
+            f"WHERE p.member_id IN ({self._in(members)}) ORDER BY p.member_id, p.code",
+            members,
+        ):
+            self.purses.setdefault(row[0], []).append(
+                _PurseRow(
+                    row[1], row[2], row[3], row[4], _split(row[5]), _split(row[6]), _split(row[7])
+                )
+            )
+            account_ids.append(row[2])
+        for member in members:
+            self.purses.setdefault(member, [])
+        self.load_accounts(account_ids)
+
+    def load_accounts(self, account_ids: Iterable[int]) -> None:
+        """Bring accounts into the working set (locked on PostgreSQL)."""
+        missing = sorted(set(account_ids) - set(self.accounts))
+        if not missing:
+            return
+        for row in self.rows(
+            f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE id IN ({self._in(missing)}) "
+            "ORDER BY id" + self._lock(),
+            missing,
+        ):
+            self.accounts[row[0]] = Account(row[0], row[1], row[2], AccountFlags(row[3]), *row[4:8])
+
+    def day(self, card_id: int, business_date: str) -> tuple[int, int]:
+        """A card's approved payments (amount, count) on a business date."""
+        key = (card_id, business_date)
+        if key not in self.days:
+            found = self.rows(
+                "SELECT amount, count FROM card_days WHERE card_id = ? AND business_date = ?",
+                [card_id, business_date],
+            )
+            self.days[key] = (int(found[0][0]), int(found[0][1])) if found else (0, 0)
+        return self.days[key]
+
+    def allocate_id(self, count_hint: int) -> int:
+        """A new transactions.id."""
+        if self.postgres:
+            if not self._ids:
+                self._ids = [
+                    int(r[0])
+                    for r in self.rows(
+                        "SELECT nextval(pg_get_serial_sequence('transactions', 'id')) "
+                        "FROM generate_series(1, ?)",
+                        [max(count_hint, 1)],
+                    )
+                ]
+            return self._ids.pop(0)
+        if not self._next_id:
+            found = self.rows("SELECT COALESCE(MAX(id), 0) FROM transactions")
+            self._next_id = int(found[0][0]) + 1
+        self._next_id += 1
+        return self._next_id - 1
+
+    def pending_transfer(self, pending_id: str) -> tuple[Transfer, PendingState, str | None] | None:
+        """A hold and its state, from the batch or the database."""
+        if pending_id in self.pending:
+            return self.pending[pending_id]
+        self.flush()
+        row = self.connection.execute(
+            schema.transfers.select().where(schema.transfers.c.id == pending_id)
+        ).one_or_none()
+        if row is None:
+            return None
+        state_rows = self.rows(
+            "SELECT state, expires_at FROM transfer_states WHERE pending_id = ?", [pending_id]
+        )
+        state = PendingState(state_rows[0][0]) if state_rows else PendingState.POSTED
+        expires = state_rows[0][1] if state_rows else None
+        transfer = Transfer(
+            id=row.id,
+            debit_account_id=row.debit_account_id,
+            credit_account_id=row.credit_account_id,
+            amount=row.amount,
+            ledger=row.ledger,
+            code=TransferCode(row.code),
+            flags=TransferFlags(row.flags),
+            pending_id=row.pending_id,
+            user_data=row.user_data,
+            timeout_s=row.timeout_s,
+        )
+        self.pending[pending_id] = (transfer, state, expires)
+        return self.pending[pending_id]
+
+    # --- running a job -------------------------------------------------------------------------
+
+    def run(self, job: AuthorizationJob) -> JobResult:
+        """Decide and apply one job (raises on failure; nothing of it is kept then)."""
+        stored = self.stored.get(job.key) or self.new_transactions.get(job.key)
+        if stored is not None:
+            return replayed_result(stored, job.request_digest)
+        changes = _Changes()
+        view = _BatchView(self, job, changes)
+        outcome = job.decide(view)
+        transaction_id = self.allocate_id(1)
+        card = view.card
+        if outcome.pin_failures is not None and card is not None:
+            changes.card = replace(card, pin_failures=outcome.pin_failures)
+        for index, posting in enumerate(outcome.postings):
+            self._post(job, posting, index, transaction_id, changes)
+        fields = dict(outcome.response_fields)
+        rrn = fields.get(37) or (f"{transaction_id:012d}" if job.assign_rrn else "")
+        if rrn:
+            fields[37] = rrn
+        auth_id = ""
+        if outcome.response_code == "00" and outcome.postings:
+            auth_id = authorization_id(transaction_id, job.key)
+            fields[38] = auth_id
+        row: dict[str, Any] = dict(_TX_DEFAULTS)
+        row.update(
+            id=transaction_id,
+            tid=job.key.tid,
+            stan=job.key.stan,
+            transmission=job.key.transmission,
+            mti=job.mti,
+            kind=job.kind,
+            processing_code=job.processing_code,
+            request_digest=job.request_digest,
+            card_id=job.card_id,
+            member_id=None if card is None else card.member_id,
+            merchant_id=job.merchant_id,
+            pan_masked=job.pan_masked,
+            amount=outcome.amount,
+            response_code=outcome.response_code,
+            rrn=rrn,
+            auth_id=auth_id,
+            response_json=json.dumps({str(k): v for k, v in sorted(fields.items())}),
+            business_date=job.business_date,
+            created_at=job.now,
+        )
+        row.update(outcome.record)
+        changes.transaction = row
+        changes.record = _record_of(row, tuple(t.id for t, _ in changes.transfers))
+        if outcome.response_code == "00" and job.kind in PAYMENT_KINDS and job.card_id:
+            amount, count = self.day(job.card_id, job.business_date)
+            changes.days[(job.card_id, job.business_date)] = (amount + outcome.amount, count + 1)
+        for original_id, values in outcome.updates:
+            self._update_original(original_id, dict(values), changes, view)
+        if outcome.tombstone is not None:
+            key = outcome.tombstone
+            if key not in self.tombstones:
+                changes.tombstone = (key.tid, key.stan, key.transmission, transaction_id)
+        payload = decision_event(job, outcome, rrn, auth_id, transaction_id)
+        changes.event = (
+            payload["event_id"],
+            f"transactions/{job.kind}",
+            json.dumps(payload, sort_keys=True, ensure_ascii=False),
+            job.now,
+        )
+        self._merge(job, changes, fields, outcome.response_code)
+        return JobResult(outcome.response_code, fields)
+
+    def _post(
+        self,
+        job: AuthorizationJob,
+        posting: Posting,
+        index: int,
+        transaction_id: int,
+        changes: _Changes,
+    ) -> None:
+        transfer = Transfer(
+            id=posting.id or transfer_digest(job.key, index),
+            debit_account_id=posting.debit_account_id,
+            credit_account_id=posting.credit_account_id,
+            amount=posting.amount,
+            ledger=364,
+            code=posting.code,
+            flags=posting.flags,
+            pending_id=posting.pending_id,
+            timeout_s=posting.timeout_s,
+            user_data=posting.user_data,
+        )
+        self.load_accounts([transfer.debit_account_id, transfer.credit_account_id])
+        accounts = {**self.accounts, **changes.accounts}
+        pending = state = None
+        if transfer.pending_id is not None:
+            found = changes.pending.get(transfer.pending_id) or self.pending_transfer(
+                transfer.pending_id
+            )
+            if found is not None:
+                pending, state, expires = found
+                if state is PendingState.PENDING and expires is not None and expires <= job.now:
+                    state = PendingState.EXPIRED
+        status = check_transfer(
+            transfer,
+            accounts.get(transfer.debit_account_id),
+            accounts.get(transfer.credit_account_id),
+            None,
+            pending,
+            state,
+        )
+        if status is not TransferStatus.CREATED:
+            raise TransferRejected(status, transfer)
+        debit, credit = apply_transfer(
+            accounts[transfer.debit_account_id],
+            accounts[transfer.credit_account_id],
+            transfer,
+            pending,
+        )
+        changes.accounts[debit.id] = debit
+        changes.accounts[credit.id] = credit
+        changes.transfers.append((transfer, transaction_id))
+        if transfer.flags & TransferFlags.PENDING:
+            expires = None
+            if transfer.timeout_s:
+                expires = (
+                    datetime.fromisoformat(job.now) + timedelta(seconds=transfer.timeout_s)
+                ).isoformat()
+            changes.pending[transfer.id] = (transfer, PendingState.PENDING, expires)
+            changes.state_inserts.append(
+                (transfer.id, PendingState.PENDING.value, transfer.amount, expires, None)
+            )
+        elif pending is not None:
+            resolved = (
+                PendingState.POSTED
+                if transfer.flags & TransferFlags.POST_PENDING
+                else PendingState.VOIDED
+            )
+            changes.pending[pending.id] = (pending, resolved, None)
+            changes.state_updates.append((resolved.value, transfer.id, pending.id))
+
+    def _update_original(
+        self, original_id: int, values: dict[str, Any], changes: _Changes, view: _BatchView
+    ) -> None:
+        original = self.records.get(original_id) or view.transaction_by_id(original_id)
+        changes.updates.append((original_id, values))
+        if original is None or "reversed_amount" not in values:
+            return
+        if original.kind not in PAYMENT_KINDS or not original.approved or not original.card_id:
+            return
+        before, after = original.reversed_amount, int(values["reversed_amount"])
+        amount, count = changes.days.get((original.card_id, original.business_date)) or self.day(
+            original.card_id, original.business_date
+        )
+        gone = 1 if before < original.amount <= after else 0
+        changes.days[(original.card_id, original.business_date)] = (
+            amount - (after - before),
+            count - gone,
+        )
+
+    def _merge(
+        self, job: AuthorizationJob, changes: _Changes, fields: dict[int, str], code: str
+    ) -> None:
+        self.accounts.update(changes.accounts)
+        self.dirty_accounts.update(changes.accounts)
+        self.pending.update(changes.pending)
+        new = self.connection.info.setdefault(NEW_TRANSFERS, [])
+        for transfer, transaction_id in changes.transfers:
+            self.transfer_inserts.append((transfer, transaction_id, job.business_date, job.now))
+            new.append((transfer, job.business_date, job.now))
+        self.state_inserts += changes.state_inserts
+        self.state_updates += changes.state_updates
+        if changes.card is not None:
+            self.cards[changes.card.id] = changes.card
+            self.dirty_cards.add(changes.card.id)
+        self.days.update(changes.days)
+        self.dirty_days.update(changes.days)
+        assert changes.transaction is not None and changes.record is not None
+        self.tx_inserts.append(changes.transaction)
+        record = changes.record
+        self.records[record.id] = record
+        self.keys[job.key] = record
+        for original_id, values in changes.updates:
+            self.tx_updates.append((original_id, values))
+            if original_id in self.records:
+                self.records[original_id] = replace(self.records[original_id], **values)
+        if changes.tombstone is not None:
+            self.tombstone_inserts.append(changes.tombstone)
+            self.tombstones.add(TransactionKey(*changes.tombstone[:3]))
+        assert changes.event is not None
+        self.outbox_inserts.append(changes.event)
+        self.new_transactions[job.key] = StoredTransaction(
+            id=record.id,
+            key=job.key,
+            mti=job.mti,
+            request_digest=job.request_digest,
+            response_code=code,
+            response_fields=fields,
+            card_id=job.card_id,
+        )
+
+    # --- writing -------------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Write everything the batch owes the database (inside its transaction)."""
+        execute = self.connection.exec_driver_sql
+        if self.tx_inserts:
+            statement = self.sql(
+                f"INSERT INTO transactions ({', '.join(_TX_COLUMNS)}) VALUES "
+                f"({', '.join('?' * len(_TX_COLUMNS))})"
+            )
+            execute(statement, [tuple(r[c] for c in _TX_COLUMNS) for r in self.tx_inserts])
+            self.tx_inserts.clear()
+        if self.transfer_inserts:
+            execute(
+                self.sql(
+                    "INSERT INTO transfers (id, debit_account_id, credit_account_id, amount, "
+                    "ledger, code, flags, pending_id, user_data, timeout_s, transaction_id, "
+                    "business_date, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                ),
+                [
+                    (
+                        t.id,
+                        t.debit_account_id,
+                        t.credit_account_id,
+                        t.amount,
+                        t.ledger,
+                        int(t.code),
+                        int(t.flags),
+                        t.pending_id,
+                        t.user_data,
+                        t.timeout_s,
+                        transaction_id,
+                        business_date,
+                        now,
+                    )
+                    for t, transaction_id, business_date, now in self.transfer_inserts
+                ],
+            )
+            self.transfer_inserts.clear()
+        if self.state_inserts:
+            execute(
+                self.sql(
+                    "INSERT INTO transfer_states (pending_id, state, amount, "
+                    "expires_at, resolved_by) VALUES (?,?,?,?,?)"
+                ),
+                list(self.state_inserts),
+            )
+            self.state_inserts.clear()
+        if self.state_updates:
+            execute(
+                self.sql(
+                    "UPDATE transfer_states SET state = ?, resolved_by = ? WHERE pending_id = ?"
+                ),
+                list(self.state_updates),
+            )
+            self.state_updates.clear()
+        if self.dirty_accounts:
+            execute(
+                self.sql(
+                    "UPDATE accounts SET debits_pending = ?, debits_posted = ?, "
+                    "credits_pending = ?, credits_posted = ? WHERE id = ?"
+                ),
+                [
+                    (a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted, a.id)
+                    for a in (self.accounts[i] for i in sorted(self.dirty_accounts))
+                ],
+            )
+            self.dirty_accounts.clear()
+        if self.dirty_cards:
+            execute(
+                self.sql("UPDATE cards SET pin_failures = ? WHERE id = ?"),
+                [(self.cards[i].pin_failures, i) for i in sorted(self.dirty_cards)],
+            )
+            self.dirty_cards.clear()
+        if self.dirty_days:
+            execute(
+                self.sql(
+                    "INSERT INTO card_days (card_id, business_date, amount, count) "
+                    "VALUES (?,?,?,?) ON CONFLICT (card_id, business_date) DO UPDATE "
+                    "SET amount = excluded.amount, count = excluded.count"
+                ),
+                [(c, d, *self.days[(c, d)]) for c, d in sorted(self.dirty_days)],
+            )
+            self.dirty_days.clear()
+        for original_id, values in self.tx_updates:
+            names = sorted(values)
+            execute(
+                self.sql(
+                    f"UPDATE transactions SET {', '.join(f'{n} = ?' for n in names)} WHERE id = ?"
+                ),
+                (*[values[n] for n in names], original_id),
+            )
+        self.tx_updates.clear()
+        if self.tombstone_inserts:
+            execute(
+                self.sql(
+                    "INSERT INTO tombstones (tid, stan, transmission, reversal_id) VALUES (?,?,?,?)"
+                ),
+                list(self.tombstone_inserts),
+            )
+            self.tombstone_inserts.clear()
+        if self.outbox_inserts:
+            execute(
+                self.sql(
+                    "INSERT INTO outbox (event_id, topic, payload, created_at) VALUES (?,?,?,?)"
+                ),
+                list(self.outbox_inserts),
+            )
+            self.outbox_inserts.clear()
+
+
+class _BatchView:
+    """:class:`ledger.domain.LedgerView` of one job over the batch's working set."""
+
+    def __init__(self, batch: _Batch, job: AuthorizationJob, changes: _Changes) -> None:
+        self._batch = batch
+        self._job = job
+        self._changes = changes
+        self._sql: _View | None = None
+        self.card: CardRecord | None = None
+        self._snapshot: CardSnapshot | None = None
+        self._loaded = False
+
+    def _fallback(self) -> _View:
+        self._batch.flush()
+        if self._sql is None:
+            self._sql = _View(self._batch.store, self._batch.connection, self._job)
+        return self._sql
+
+    def _remember(self, record: TransactionRecord | None) -> TransactionRecord | None:
+        if record is not None and record.id not in self._batch.records:
+            self._batch.records[record.id] = record
+        if record is not None:
+            return self._batch.records[record.id]
+        return None
+
+    @property
+    def snapshot(self) -> CardSnapshot | None:
+        if self._loaded:
+            return self._snapshot
+        self._loaded = True
+        card_id = self._job.card_id
+        if card_id is None:
+            return None
+        batch = self._batch
+        if card_id not in batch.cards:
+            batch._load_cards([card_id])
+        card = batch.cards.get(card_id)
+        if card is None:
+            return None
+        self.card = card
+        purses = tuple(
+            Purse(
+                code=p.code,
+                account=batch.accounts[p.account_id],
+                program_code=p.program_code,
+                expires=p.expires,
+                chains=p.chains,
+                merchant_ids=p.merchant_ids,
+                mccs=p.mccs,
+            )
+            for p in batch.purses.get(card.member_id, [])
+        )
+        self._snapshot = CardSnapshot(card=card, purses=purses)
+        return self._snapshot
+
+    def transaction_by_key(self, key: TransactionKey) -> TransactionRecord | None:
+        if key in self._batch.keys:
+            return self._batch.records[self._batch.keys[key].id]
+        return self._remember(self._fallback().transaction_by_key(key))
+
+    def transaction_by_rrn(self, merchant_id: str, rrn: str) -> TransactionRecord | None:
+        return self._remember(self._fallback().transaction_by_rrn(merchant_id, rrn))
+
+    def transaction_by_id(self, transaction_id: int) -> TransactionRecord | None:
+        if transaction_id in self._batch.records:
+            return self._batch.records[transaction_id]
+        return self._remember(self._fallback().transaction_by_id(transaction_id))
+
+    def card_day_totals(self, card_id: int, business_date: str) -> tuple[int, int]:
+        return self._batch.day(card_id, business_date)
+
+    def rule_uses(self, member_id: str, rule: str, since: str) -> int:
+        return self._fallback().rule_uses(member_id, rule, since)
+
+    def terminal_totals(self, tid: str, business_date: str) -> TerminalTotals:
+        return self._fallback().terminal_totals(tid, business_date)
+
+    def postings_of(self, transaction_id: int) -> tuple[Posting, ...]:
+        return self._fallback().postings_of(transaction_id)
+
+    def children(self, original_id: int) -> tuple[TransactionRecord, ...]:
+        return tuple(r for r in self._fallback().children(original_id))
+
+    def tombstoned(self, key: TransactionKey) -> bool:
+        return key in self._batch.tombstones
+
+
+def _record_of(row: dict[str, Any], transfer_ids: tuple[str, ...]) -> TransactionRecord:
+    return TransactionRecord(
+        id=row["id"],
+        tid=row["tid"],
+        stan=row["stan"],
+        transmission=row["transmission"],
+        mti=row["mti"],
+        kind=row["kind"],
+        processing_code=row["processing_code"],
+        card_id=row["card_id"],
+        member_id=row["member_id"],
+        merchant_id=row["merchant_id"],
+        pan_masked=row["pan_masked"],
+        amount=row["amount"],
+        response_code=row["response_code"],
+        rrn=row["rrn"],
+        auth_id=row["auth_id"],
+        business_date=row["business_date"],
+        created_at=row["created_at"],
+        discount=row["discount"],
+        discount_rule=row["discount_rule"],
+        discount_funded_by=row["discount_funded_by"],
+        amount_charged=row["amount_charged"],
+        purses_used=row["purses_used"],
+        original_id=row["original_id"],
+        reversed_amount=row["reversed_amount"],
+        refunded_amount=row["refunded_amount"],
+        hold_state=row["hold_state"],
+        hold_expires_at=row["hold_expires_at"],
+        tombstone=bool(row["tombstone"]),
+        transfer_ids=transfer_ids,
+    )
+
+
+def _split(value: str | None) -> frozenset[str]:
+    return frozenset(v for v in (value or "").split(",") if v)
+
+
+class GroupCommitter:
+    """Runs authorization jobs in batches: one commit for many, answers only after it."""
+
+    def __init__(self, store: Store, *, batch_max: int = 256) -> None:
+        assert batch_max > 0
+        self.store = store
+        self.batch_max = batch_max
+        self._queue: queue.SimpleQueue[
+            tuple[AuthorizationJob, concurrent.futures.Future[JobResult]] | None
+        ] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="ledger-commit", daemon=True)
+        self.batches = 0
+        self.jobs = 0
+        self.lock_retries = 0
+        self.last_batch_size = 0
+        self.last_batch_s = 0.0
+        self._started = False
+
+    def start(self) -> None:
+        """Start the commit thread."""
+        self._started = True
+        self._thread.start()
+
+    def submit(self, job: AuthorizationJob) -> concurrent.futures.Future[JobResult]:
+        """Queue a job; the future resolves after its batch has committed (or failed)."""
+        assert self._started, "GroupCommitter.start() first"
+        future: concurrent.futures.Future[JobResult] = concurrent.futures.Future()
+        self._queue.put((job, future))
+        return future
+
+    def stop(self) -> None:
+        """Finish every queued job, then stop the thread."""
+        if self._started:
+            self._queue.put(None)
+            self._thread.join()
+            self._started = False
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            item = self._queue.get()
+            batch = []
+            while item is not None:
+                batch.append(item)
+                if len(batch) >= self.batch_max:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if item is None:
+                stopping = True
+            if batch:
+                self._commit_batch(batch)
+
+    def _commit_batch(
+        self,
+        batch: list[tuple[AuthorizationJob, concurrent.futures.Future[JobResult]]],
+        attempt: int = 1,
+    ) -> None:
+        started = time.perf_counter()
+        results: list[JobResult | BaseException] = []
+        try:
+            with self.store.transaction() as connection:
+                working = _Batch(self.store, connection, [job for job, _ in batch])
+                for job, _future in batch:
+                    results.append(self._run_one(working, job))
+                working.flush()
+        except (DBAPIError, SQLAlchemyError) as error:
+            orig = getattr(error, "orig", None)
+            # Lock conflicts with another process, or another process stored one of our
+            # request keys first: run the batch again (the prefetch then sees its answer).
+            retryable = RETRYABLE_SQLSTATES | {UNIQUE_VIOLATION}
+            if getattr(orig, "sqlstate", None) in retryable and attempt < BATCH_RETRIES_MAX:
+                self.lock_retries += len(batch)
+                self._commit_batch(batch, attempt + 1)
+                return
+            log.exception("ledger commit failed; batch of %d not applied", len(batch))
+            for _job, future in batch:
+                future.set_exception(LedgerError(f"commit failed: {error}"))
+            return
+        self.batches += 1
+        self.last_batch_size = len(batch)
+        self.last_batch_s = time.perf_counter() - started
+        for (_job, future), result in zip(batch, results, strict=True):
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                self.jobs += 1
+                future.set_result(result)
+
+    def _run_one(self, working: _Batch, job: AuthorizationJob) -> JobResult | BaseException:
+        try:
+            return working.run(job)
+        except (DBAPIError, SQLAlchemyError):
+            raise  # the batch's transaction is unusable: fail (or retry) the whole batch
+        except Exception as error:  # one job's failure (even a bug) must not fail its batch
+            log.exception(
+                "authorization job failed; nothing of it applied",
+                extra={"tid": job.key.tid, "stan": job.key.stan},
+            )
+            return error
