@@ -26,10 +26,12 @@ SQLAlchemy lives here and in ``ledger/store.py``/``ledger/schema.py`` only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -185,10 +187,25 @@ def add_event(connection: Connection, topic: str, payload: Mapping[str, Any], no
 
 
 class Outbox:
-    """Reads and marks outbox rows for a publisher (each method is one short transaction)."""
+    """Reads and marks outbox rows for a publisher (each method is one short transaction).
 
-    def __init__(self, engine: Engine) -> None:
+    ``write_lock`` (optional) is held around every write. On SQLite it must be the lock the
+    group committer holds around its batches: a write committed by another connection while a
+    batch's deferred transaction is between its reads and its first write makes that batch
+    fail at once with "database is locked" (WAL snapshot conflict; the busy timeout does not
+    apply), and its requests would be answered 96.
+    """
+
+    def __init__(
+        self, engine: Engine, write_lock: AbstractContextManager[object] | None = None
+    ) -> None:
         self.engine = engine
+        self.write_lock: AbstractContextManager[object] = write_lock or contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[Connection]:
+        with self.write_lock, self.engine.begin() as connection:
+            yield connection
 
     def unpublished(self, limit: int, after_id: int = 0) -> list[OutboxRow]:
         """Up to ``limit`` events not yet published nor quarantined, oldest (lowest id) first."""
@@ -215,7 +232,7 @@ class Outbox:
         if not ids:
             return 0
         changed = 0
-        with self.engine.begin() as connection:
+        with self._writing() as connection:
             # Chunks keep the IN list under every database's parameter limit.
             for start in range(0, len(ids), 500):
                 chunk = list(ids[start : start + 500])
@@ -240,7 +257,7 @@ class Outbox:
 
     def write_events(self, events: Iterable[tuple[str, Mapping[str, Any]]], now: str) -> list[str]:
         """Write events that have no ledger effect of their own, in one transaction."""
-        with self.engine.begin() as connection:
+        with self._writing() as connection:
             return [add_event(connection, topic, payload, now) for topic, payload in events]
 
     def rows(self, topic_prefix: str = "") -> list[dict[str, Any]]:
