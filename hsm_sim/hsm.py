@@ -45,6 +45,9 @@ GCM_NONCE_LENGTH = 12
 GCM_TAG_LENGTH = 16
 
 
+CLEAR_KEY_CACHE_MAX = 10_000  # keys under the LMK whose clear form is kept in memory
+
+
 class PinCheck(enum.Enum):
     """Outcome of a PIN verification."""
 
@@ -100,12 +103,22 @@ class Hsm:
         self._random_bytes = random_bytes
         self._pan_hash_key = _derive_key(lmk, PAN_HASH_LABEL)
         self._pan_aead = AESGCM(_derive_key(lmk, PAN_ENCRYPTION_LABEL))
+        self._clear_keys: dict[tuple[str, str], bytes] = {}
 
     def __repr__(self) -> str:
         return f"Hsm(lmk={self._lmk!r})"
 
     def _clear(self, key_lmk: str, key_type: str) -> bytes:
-        return decrypt_key_under_lmk(self._lmk, key_lmk, key_type)
+        # Working keys are used for every request: keep their clear form (inside the HSM only)
+        # instead of decrypting them under the LMK each time. Bounded: cleared when full.
+        cache_key = (key_lmk, key_type)
+        clear = self._clear_keys.get(cache_key)
+        if clear is None:
+            clear = decrypt_key_under_lmk(self._lmk, key_lmk, key_type)
+            if len(self._clear_keys) >= CLEAR_KEY_CACHE_MAX:
+                self._clear_keys.clear()
+            self._clear_keys[cache_key] = clear
+        return clear
 
     def import_clear_key(self, clear_hex: str, key_type: str, scheme: str = "U") -> str:
         """Encrypt a clear key under the LMK (demo data loading only); odd parity is forced."""

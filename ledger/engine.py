@@ -23,7 +23,9 @@ connection, so they see the batch's own effects.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import contextlib
 import hashlib
 import json
 import logging
@@ -819,6 +821,30 @@ def _record_of(row: dict[str, Any], transfer_ids: tuple[str, ...]) -> Transactio
     )
 
 
+@dataclass(frozen=True)
+class _LoopFuture:
+    """An asyncio future to be resolved on its own loop."""
+
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[JobResult]
+
+    def set_exception(self, error: BaseException) -> None:
+        pairs: list[tuple[asyncio.Future[JobResult], JobResult | BaseException]] = [
+            (self.future, error)
+        ]
+        self.loop.call_soon_threadsafe(_resolve, pairs)
+
+
+def _resolve(pairs: list[tuple[asyncio.Future[JobResult], JobResult | BaseException]]) -> None:
+    for future, result in pairs:
+        if future.done():
+            continue
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
+
+
 def _split(value: str | None) -> frozenset[str]:
     return frozenset(v for v in (value or "").split(",") if v)
 
@@ -831,7 +857,7 @@ class GroupCommitter:
         self.store = store
         self.batch_max = batch_max
         self._queue: queue.SimpleQueue[
-            tuple[AuthorizationJob, concurrent.futures.Future[JobResult]] | None
+            tuple[AuthorizationJob, concurrent.futures.Future[JobResult] | _LoopFuture] | None
         ] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="ledger-commit", daemon=True)
         self.batches = 0
@@ -851,6 +877,16 @@ class GroupCommitter:
         assert self._started, "GroupCommitter.start() first"
         future: concurrent.futures.Future[JobResult] = concurrent.futures.Future()
         self._queue.put((job, future))
+        return future
+
+    def submit_to_loop(
+        self, job: AuthorizationJob, loop: asyncio.AbstractEventLoop
+    ) -> asyncio.Future[JobResult]:
+        """Queue a job for an asyncio caller: the batch's results reach ``loop`` in one wake-up
+        (one ``call_soon_threadsafe`` per batch instead of one per job)."""
+        assert self._started, "GroupCommitter.start() first"
+        future: asyncio.Future[JobResult] = loop.create_future()
+        self._queue.put((job, _LoopFuture(loop, future)))
         return future
 
     def stop(self) -> None:
@@ -880,7 +916,7 @@ class GroupCommitter:
 
     def _commit_batch(
         self,
-        batch: list[tuple[AuthorizationJob, concurrent.futures.Future[JobResult]]],
+        batch: list[tuple[AuthorizationJob, Any]],
         attempt: int = 1,
     ) -> None:
         started = time.perf_counter()
@@ -907,12 +943,19 @@ class GroupCommitter:
         self.batches += 1
         self.last_batch_size = len(batch)
         self.last_batch_s = time.perf_counter() - started
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, Any]]] = {}
         for (_job, future), result in zip(batch, results, strict=True):
-            if isinstance(result, BaseException):
+            if not isinstance(result, BaseException):
+                self.jobs += 1
+            if isinstance(future, _LoopFuture):
+                by_loop.setdefault(future.loop, []).append((future.future, result))
+            elif isinstance(result, BaseException):
                 future.set_exception(result)
             else:
-                self.jobs += 1
                 future.set_result(result)
+        for loop, pairs in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+                loop.call_soon_threadsafe(_resolve, pairs)
 
     def _run_one(self, working: _Batch, job: AuthorizationJob) -> JobResult | BaseException:
         try:

@@ -307,7 +307,7 @@ class Service:
                 _decide, kind, request, context, None if card is None else (card.pvki, card.pvv)
             ),
         )
-        result = await asyncio.wrap_future(self.committer.submit(job))
+        result = await self.committer.submit_to_loop(job, loop)
         if result.replayed:
             return _replayed(result)
         return result.response_code, dict(result.response_fields)
@@ -581,4 +581,10 @@ class GroupCommitterLike(Protocol):
 
     def submit(self, job: AuthorizationJob) -> concurrent.futures.Future[JobResult]:
         """Queue a job; the future resolves once its batch has committed."""
+        ...
+
+    def submit_to_loop(
+        self, job: AuthorizationJob, loop: asyncio.AbstractEventLoop
+    ) -> asyncio.Future[JobResult]:
+        """Queue a job; the asyncio future resolves once its batch has committed."""
         ...
