@@ -33,6 +33,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     bindparam,
+    case,
     create_engine,
     delete,
     event,
@@ -730,9 +731,21 @@ class Store:
                     func.coalesce(func.sum(a.credits_pending), 0),
                 )
             ).one()
+            # What each transfer moved to the posted totals (ledger.model.posted_amount): a
+            # hold nothing, a void nothing, a post of 0 its whole pending amount.
+            pending = schema.transfers.alias("pending")
+            posted = case(
+                (t.flags.op("&")(int(TransferFlags.PENDING)) != 0, 0),
+                (t.flags.op("&")(int(TransferFlags.VOID_PENDING)) != 0, 0),
+                (
+                    (t.flags.op("&")(int(TransferFlags.POST_PENDING)) != 0) & (t.amount == 0),
+                    func.coalesce(pending.c.amount, 0),
+                ),
+                else_=t.amount,
+            )
             journal = connection.scalar(
-                select(func.coalesce(func.sum(t.amount), 0)).where(
-                    t.flags.op("&")(int(TransferFlags.PENDING)) == 0
+                select(func.coalesce(func.sum(posted), 0)).select_from(
+                    schema.transfers.outerjoin(pending, pending.c.id == t.pending_id)
                 )
             )
         return Totals(int(row[0]), int(row[1]), int(row[2]), int(row[3]), int(journal or 0))
