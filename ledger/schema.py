@@ -368,15 +368,6 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
 ]
 
 
-def _v5_outbox_quarantine(connection: Connection) -> None:
-    # Events refused by the publisher (PAN-shaped content) are kept, never sent: see
-    # ledger/outbox.py, whose table definition includes this column.
-    connection.exec_driver_sql("ALTER TABLE outbox ADD COLUMN quarantined_at VARCHAR(32)")
-
-
-MIGRATIONS.append((5, "outbox quarantine", _v5_outbox_quarantine))
-
-
 def applied_versions(connection: Connection) -> set[int]:
     """Versions recorded in ``schema_migrations`` (empty on a new database)."""
     if not inspect(connection).has_table("schema_migrations"):
@@ -420,6 +411,15 @@ def _v4_business_days(connection: Connection) -> None:
 
 
 MIGRATIONS.append((4, "closed business dates, settlement indexes", _v4_business_days))
+
+
+def _v5_outbox_quarantine(connection: Connection) -> None:
+    # Events refused by the publisher (PAN-shaped content) are kept, never sent: see
+    # ledger/outbox.py, whose table definition includes this column.
+    connection.exec_driver_sql("ALTER TABLE outbox ADD COLUMN quarantined_at VARCHAR(32)")
+
+
+MIGRATIONS.append((5, "outbox quarantine", _v5_outbox_quarantine))
 
 
 card_days = Table(
