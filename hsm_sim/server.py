@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from hsm_sim.commands import HostCommands
@@ -61,8 +63,12 @@ class HsmServer:
         port: int = PORT_DEFAULT,
         header_length: int = HEADER_LENGTH_DEFAULT,
         limits: ServerLimits | None = None,
+        tls: ssl.SSLContext | None = None,
+        allow: Callable[[str], bool] | None = None,
     ) -> None:
         self.commands = commands
+        self.tls = tls
+        self.allow = allow
         self.host = host
         self.port = port
         self.header_length = header_length
@@ -81,7 +87,9 @@ class HsmServer:
     async def start(self) -> None:
         """Listen; with ``port=0`` the chosen port is in `port` afterwards."""
         assert self._server is None, "server already started"
-        self._server = await asyncio.start_server(self._accept, self.host, self.port)
+        self._server = await asyncio.start_server(
+            self._accept, self.host, self.port, ssl=self.tls
+        )
         sockets = self._server.sockets
         if sockets:
             self.port = sockets[0].getsockname()[1]
@@ -122,6 +130,13 @@ class HsmServer:
         )
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        address = str(peer[0]) if isinstance(peer, tuple) else ""
+        if self.allow is not None and not self.allow(address):
+            self.connections_refused += 1
+            logger.warning("connection refused: address %s not allowed", address)
+            writer.close()
+            return
         if len(self._connections) >= self.limits.connections_max:
             self.connections_refused += 1
             logger.warning("connection refused: %d connections open", len(self._connections))

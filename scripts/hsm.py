@@ -11,6 +11,7 @@ from typing import Any
 from hsm_sim.commands import HostCommands
 from hsm_sim.keys import Lmk
 from hsm_sim.server import HOST_DEFAULT, PORT_DEFAULT, HsmServer, ServerLimits
+from switch.tls import AllowList, server_tls_context
 
 
 def register(commands: Any) -> None:
@@ -24,6 +25,15 @@ def register(commands: Any) -> None:
     serve.add_argument("--lmk-file", help="20 lines of 32 hex (default: the Thales test LMK)")
     serve.add_argument("--connections-max", type=int, default=ServerLimits.connections_max)
     serve.add_argument("--idle-timeout-s", type=float, default=ServerLimits.idle_timeout_s)
+    serve.add_argument("--tls-cert", help="PEM certificate: clients connect over TLS")
+    serve.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    serve.add_argument("--tls-client-ca", help="clients must present a certificate it signed")
+    serve.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        help="a network (CIDR) clients may connect from; repeatable",
+    )
     serve.set_defaults(func=serve_command)
 
 
@@ -31,12 +41,22 @@ def serve_command(args: argparse.Namespace) -> Any:
     """Build the server from the arguments; returns the coroutine that runs it."""
     lmk = Lmk.from_file(args.lmk_file) if args.lmk_file else Lmk.test()
     limits = ServerLimits(connections_max=args.connections_max, idle_timeout_s=args.idle_timeout_s)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together")
+    tls = (
+        server_tls_context(args.tls_cert, args.tls_key, args.tls_client_ca or "")
+        if args.tls_cert
+        else None
+    )
+    allow = AllowList(args.allow)
     server = HsmServer(
         HostCommands(lmk),
         host=args.host,
         port=args.port,
         header_length=args.header_length,
         limits=limits,
+        tls=tls,
+        allow=allow.permits if args.allow else None,
     )
     return _run(server, lmk)
 

@@ -31,6 +31,7 @@ from switch.hsm_port import HsmPort, InProcessHsmPort
 from switch.metrics import Metrics, Observability, TimedGroupCommitter, observe
 from switch.server import ServerLimits, SwitchServer
 from switch.service import Service
+from switch.tls import AllowList, server_tls_context
 from switch.trace import TraceWriter
 
 log = logging.getLogger("honar.app")
@@ -183,6 +184,10 @@ def build_app(config: Config, *, hsm_port: HsmPort | None = None) -> App:
         framing=Framing(s.framing),
         limits=limits,
         trace=tracer.write,
+        allow=AllowList(s.allowed_networks),
+        tls=server_tls_context(s.tls_cert_file, s.tls_key_file, s.tls_client_ca_file)
+        if s.tls_cert_file
+        else None,
     )
     observability = observe(config, store, service, server, committer, metrics)
     return App(config, store, hsm, committer, service, server, tracer, observability)

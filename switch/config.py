@@ -39,6 +39,10 @@ class SwitchConfig:
     business_zone: str = "Asia/Tehran"
     cutover_time: str = "00:00"
     acquirer_id: str = "636214"
+    tls_cert_file: str = ""  # PEM; with tls_key_file: terminals connect over TLS
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""  # when set, terminals must present a certificate it signed
+    allowed_networks: tuple[str, ...] = ()  # CIDRs terminals may connect from; empty: any
     hold_period_s: int = 7 * 24 * 3600  # a pre-authorization not completed by then is released
     hold_sweep_interval_s: float = 60.0  # how often expired holds are looked for
 
@@ -172,6 +176,10 @@ def _build(cls: type[Any], values: dict[str, Any], where: str) -> Any:
             kwargs[key] = _build(type(default), value, f"{where} [{key}]")
             continue
         expected = type(default)
+        if expected is tuple and isinstance(value, list):
+            if not all(isinstance(item, str) for item in value):
+                raise ConfigError(f"{where}: {key} must be a list of strings")
+            value = tuple(value)
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
@@ -187,8 +195,15 @@ def _build(cls: type[Any], values: dict[str, Any], where: str) -> Any:
 def validate(config: Config, where: str = "config") -> Config:
     """Check values that types alone cannot; return the config unchanged."""
     from switch.dialects import DIALECTS
+    from switch.tls import AccessError, AllowList
 
     s = config.switch
+    try:
+        AllowList(s.allowed_networks)
+    except AccessError as error:
+        raise ConfigError(f"{where}: switch.{error}") from None
+    if bool(s.tls_cert_file) != bool(s.tls_key_file):
+        raise ConfigError(f"{where}: switch.tls_cert_file and tls_key_file go together")
     if s.dialect not in DIALECTS:
         raise ConfigError(f"{where}: switch.dialect {s.dialect!r} unknown; known: {list(DIALECTS)}")
     if s.framing not in ("ascii4", "binary2"):

@@ -19,11 +19,13 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from switch.dialects.base import Framing
 from switch.framing import Framer, FramingError, frame
+from switch.tls import AllowList
 
 log = logging.getLogger("honar.server")
 
@@ -174,6 +176,8 @@ class SwitchServer:
         framing: Framing = Framing.ASCII4,
         limits: ServerLimits | None = None,
         trace: Callable[[str, str, str, bytes], None] | None = None,
+        allow: AllowList | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.handler = handler
         self.framing = framing
@@ -184,6 +188,8 @@ class SwitchServer:
         self._handlers: set[asyncio.Task[None]] = set()
         self._labels = itertools.count(1)
         self.refused = 0
+        self.allow = allow or AllowList(())
+        self.tls = tls
 
     @property
     def connection_count(self) -> int:
@@ -193,13 +199,22 @@ class SwitchServer:
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Listen on ``host:port`` (port 0 picks a free one); return the bound address."""
         self._server = await asyncio.start_server(
-            self._on_connect, host, port, limit=self.limits.frame_size_max + 16
+            self._on_connect, host, port, limit=self.limits.frame_size_max + 16, ssl=self.tls
         )
         address = self._server.sockets[0].getsockname()
         return str(address[0]), int(address[1])
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         label = f"c{next(self._labels)}"
+        peer = writer.get_extra_info("peername")
+        address = str(peer[0]) if isinstance(peer, tuple) else ""
+        if not self.allow.permits(address):
+            self.refused += 1
+            log.warning(
+                "connection refused: address not allowed", extra={"conn": label, "peer": address}
+            )
+            writer.close()
+            return
         if len(self._connections) >= self.limits.connections_max or self._server is None:
             self.refused += 1
             log.warning(
