@@ -140,6 +140,21 @@ class App:
             self.tracer.close()
 
 
+def make_hsm_port(config: Config, hsm: Hsm) -> HsmPort:
+    """The HSM the switch talks to: in process (default) or a payShield-style server on TCP."""
+    if config.hsm.mode == "tcp":
+        from hsm_sim.client import TcpHsmPort
+
+        return TcpHsmPort(
+            config.hsm.host,
+            config.hsm.port,
+            header_length=config.hsm.header_length,
+            pool_size=config.hsm.pool_size,
+            timeout_s=config.hsm.timeout_s,
+        )
+    return InProcessHsmPort(hsm)
+
+
 def build_app(config: Config, *, hsm_port: HsmPort | None = None) -> App:
     """Build every part of the switch from ``config`` (nothing listens yet)."""
     hsm = Hsm(lmk=load_lmk(config))
@@ -157,7 +172,7 @@ def build_app(config: Config, *, hsm_port: HsmPort | None = None) -> App:
         dialect=get_dialect(s.dialect),
         store=store,
         committer=committer,
-        hsm=hsm_port or InProcessHsmPort(hsm),
+        hsm=hsm_port or make_hsm_port(config, hsm),
         local_hsm=hsm,
         directory=build_directory(store),
         pvk_lmk=pvk_lmk,

@@ -64,7 +64,8 @@ class HsmConfig:
     host: str = "127.0.0.1"
     port: int = 1500
     header_length: int = 4
-    timeout_s: float = 2.0
+    pool_size: int = 4  # TCP connections to the HSM
+    timeout_s: float = 2.0  # an HSM answer later than this: the terminal gets 91
     lmk_file: str = ""  # empty: the Thales test LMK set
 
 
@@ -150,6 +151,7 @@ _POSITIVE = {
     "hold_period_s",
     "hold_sweep_interval_s",
     "timeout_s",
+    "pool_size",
     "file_size_max",
     "files_max",
     "poll_interval_s",

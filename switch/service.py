@@ -158,7 +158,12 @@ class Service:
             )
             response = self._response(message, response_mti, error.response_code)
             return await self._encode_signed(response, terminal, wire)
-        mac_ok, terminal = await self._check_mac(payload, wire, request, terminal)
+        try:
+            mac_ok, terminal = await self._check_mac(payload, wire, request, terminal)
+        except HsmUnavailable as error:
+            log.error("HSM unavailable", extra={"tid": terminal.id, "error": str(error)})
+            # Without the HSM no MAC can be checked or made: 91, unsigned.
+            return self._encode_plain(self._response(message, response_mti, "91"), wire)
         if not mac_ok:
             log.warning(
                 "MAC verification failed",
@@ -177,7 +182,11 @@ class Service:
             log.exception("request failed", extra={"tid": terminal.id, "stan": request.stan})
             code, fields = "96", {}
         response = self._response(message, response_mti, code, fields)
-        raw = await self._encode_signed(response, terminal, wire)
+        try:
+            raw = await self._encode_signed(response, terminal, wire)
+        except HsmUnavailable as error:
+            log.error("HSM unavailable for the response MAC", extra={"error": str(error)})
+            raw = self._encode_plain(response, wire)
         pan = ""
         if isinstance(request, FinancialRequest) and request.card is not None:
             pan = request.card.pan
