@@ -43,6 +43,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 30.0
@@ -215,8 +216,9 @@ class ServerProcess:
                 raise RuntimeError(
                     f"server exited with {self.process.returncode} at start; see {self.log_path}"
                 )
-            with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", self.port), timeout=0.2
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
             ):
                 return time.monotonic() - started
             time.sleep(0.02)
@@ -313,6 +315,7 @@ class _Load:
                     break
                 assert isinstance(connected, PosClient)
                 client = connected
+            repeat_of: Sent | None
             if pending:
                 record, repeat_of = pending[0], pending[0]
             else:
@@ -439,7 +442,7 @@ def check_ledger(url: str, load: _Load, report: CrashReport) -> None:
         store.close()
     report.transactions = len(rows)
     transfers_of = {int(r[0]): int(r[1]) for r in transfer_rows}
-    by_key: dict[tuple[str, str, str], list[object]] = {}
+    by_key: dict[tuple[str, str, str], list[Any]] = {}
     for row in rows:
         by_key.setdefault((row.tid, row.stan, row.transmission), []).append(row)
     report.duplicate_keys = sum(1 for found in by_key.values() if len(found) > 1)
@@ -449,9 +452,9 @@ def check_ledger(url: str, load: _Load, report: CrashReport) -> None:
                 f"transaction {row.id}: reversed {row.reversed_amount} / refunded "
                 f"{row.refunded_amount} of {row.amount}"
             )
-        event_id = hashlib.sha256(
-            f"{row.tid}|{row.stan}|{row.transmission}".encode()
-        ).hexdigest()[:32]
+        event_id = hashlib.sha256(f"{row.tid}|{row.stan}|{row.transmission}".encode()).hexdigest()[
+            :32
+        ]
         if event_id not in events:
             report.outbox_missing += 1
     for record in load.answered:
@@ -459,12 +462,12 @@ def check_ledger(url: str, load: _Load, report: CrashReport) -> None:
             continue
         report.approvals_received += 1
         found = by_key.get((record.tid, record.stan, record.transmission), [])
-        row = found[0] if found else None
+        stored = found[0] if found else None
         where = f"{record.kind} {record.tid} STAN {record.stan} field 7 {record.transmission}"
-        if row is None or getattr(row, "response_code", "") != "00":
+        if stored is None or stored.response_code != "00":
             report.losses.append(f"{where}: approved on the wire, not approved in the ledger")
             continue
-        if not transfers_of.get(int(getattr(row, "id", 0)), 0):
+        if not transfers_of.get(int(stored.id), 0):
             report.losses.append(f"{where}: approved, but no transfers stored")
             continue
         report.approvals_found += 1
@@ -472,7 +475,7 @@ def check_ledger(url: str, load: _Load, report: CrashReport) -> None:
             original = by_key.get(
                 (record.original.tid, record.original.stan, record.original.transmission), []
             )
-            if not original or getattr(original[0], "reversed_amount", 0) <= 0:
+            if not original or original[0].reversed_amount <= 0:
                 report.problems.append(f"{where}: approved, but the original is not reversed")
 
 
