@@ -182,24 +182,25 @@ class ServerProcess:
         ledger_url: str,
         python: str,
         log_path: Path,
-        extra_args: tuple[str, ...] = (),
+        global_args: tuple[str, ...] = (),
     ) -> None:
         self.port = port
         self.data_dir = data_dir
         self.ledger_url = ledger_url
         self.python = python
         self.log_path = log_path
-        self.extra_args = extra_args
+        self.global_args = global_args  # before "serve", e.g. ("--config", path)
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
     def command(self) -> list[str]:
         """The command line that starts the server."""
-        command = [self.python, "-m", "switch.cli", "serve", "--host", "127.0.0.1"]
+        command = [self.python, "-m", "switch.cli", *self.global_args, "serve"]
+        command += ["--host", "127.0.0.1"]
         command += ["--port", str(self.port), "--data-dir", str(self.data_dir)]
         if self.ledger_url:
             command += ["--ledger-url", self.ledger_url]
-        return command + list(self.extra_args)
+        return command
 
     def start(self) -> float:
         """Start and wait until it accepts connections; return how long that took."""
@@ -428,7 +429,7 @@ def check_ledger(url: str, load: _Load, report: CrashReport) -> None:
             events = {
                 str(r[0])
                 for r in connection.exec_driver_sql(
-                    "SELECT event_id FROM outbox WHERE topic LIKE 'transactions/%'"
+                    "SELECT event_id FROM outbox WHERE substr(topic, 1, 13) = 'transactions/'"
                 ).all()
             }
         totals = store.totals()
