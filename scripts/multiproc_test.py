@@ -8,8 +8,9 @@ The first process migrates the fresh database and loads the demo data; the other
 it. Then terminals HNR00004 and HNR00002 (a bookstore: 10 % program-funded discount) each hold
 one connection to every process and send purchases of ``--amount`` (70,000 IRR) on card M0002
 (3,000,000 IRR in its general purse) as fast as the answers come, all at once, together with
-purchases on M0006 (plenty of funds) so that the merchants' accounts are contended too. With ``--hsm-tcp`` the processes use one
-simulated HSM over TCP (``honar hsm serve``) instead of their in-process HSM.
+purchases on M0006 (plenty of funds) so that the merchants' accounts are contended too. With
+``--hsm-tcp`` the processes use one simulated HSM over TCP (``honar hsm serve``) instead of
+their in-process HSM.
 
 Checked afterwards:
 
@@ -181,8 +182,7 @@ async def _race(options: MultiOptions, ports: list[int], report: MultiReport) ->
             await client.close()
 
     tasks = [
-        asyncio.create_task(lane(tid, process, queues[i]))
-        for i, (tid, process) in enumerate(lanes)
+        asyncio.create_task(lane(tid, process, queues[i])) for i, (tid, process) in enumerate(lanes)
     ]
     await asyncio.sleep(0.2)
     start.set()
