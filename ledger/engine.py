@@ -73,6 +73,8 @@ from ledger.store import (
     Store,
     TransferRejected,
     _View,
+    canonical_transfer,
+    journal_hash,
     replayed_result,
     transfer_digest,
 )
@@ -80,6 +82,7 @@ from ledger.store import (
 log = logging.getLogger("honar.ledger")
 
 BATCH_RETRIES_MAX = 5
+CACHE_ENTRIES_MAX = 200_000  # cards, accounts and daily totals kept between batches (SQLite)
 UNIQUE_VIOLATION = "23505"
 PAYMENT_KINDS = ("purchase", "completion")
 
@@ -198,17 +201,43 @@ class _Changes:
     event: tuple[Any, ...] | None = None
 
 
+@dataclass
+class _Cache:
+    """What stays true between batches while no other connection writes (SQLite only)."""
+
+    data_version: int
+    accounts: dict[int, Account] = field(default_factory=dict)
+    cards: dict[int, CardRecord] = field(default_factory=dict)
+    purses: dict[str, list[_PurseRow]] = field(default_factory=dict)
+    days: dict[tuple[int, str], tuple[int, int]] = field(default_factory=dict)
+    next_id: int = 0
+    journal_head: tuple[int, str] | None = None
+
+    def size(self) -> int:
+        return len(self.accounts) + len(self.cards) + len(self.days)
+
+
 class _Batch:
     """The working set of one batch and the writes it owes the database."""
 
-    def __init__(self, store: Store, connection: Connection, jobs: Sequence[AuthorizationJob]):
+    def __init__(
+        self,
+        store: Store,
+        connection: Connection,
+        jobs: Sequence[AuthorizationJob],
+        cache: _Cache | None = None,
+    ):
         self.store = store
         self.connection = connection
         self.postgres = not store.is_sqlite
-        self.accounts: dict[int, Account] = {}
-        self.cards: dict[int, CardRecord] = {}
-        self.purses: dict[str, list[_PurseRow]] = {}
-        self.days: dict[tuple[int, str], tuple[int, int]] = {}
+        # The raw DB-API cursor: the engine's statements are plain SQL, and going around
+        # SQLAlchemy's execution machinery is most of what a small batch costs.
+        self.cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        self.cache = cache
+        self.accounts: dict[int, Account] = cache.accounts if cache else {}
+        self.cards: dict[int, CardRecord] = cache.cards if cache else {}
+        self.purses: dict[str, list[_PurseRow]] = cache.purses if cache else {}
+        self.days: dict[tuple[int, str], tuple[int, int]] = cache.days if cache else {}
         self.pending: dict[str, tuple[Transfer, PendingState, str | None]] = {}
         self.records: dict[int, TransactionRecord] = {}
         self.keys: dict[TransactionKey, TransactionRecord] = {}
@@ -237,7 +266,13 @@ class _Batch:
         return statement.replace("?", "%s") if self.postgres else statement
 
     def rows(self, statement: str, params: Sequence[Any] = ()) -> list[Any]:
-        return list(self.connection.exec_driver_sql(self.sql(statement), tuple(params)))
+        self.cursor.execute(self.sql(statement), tuple(params))
+        if self.cursor.description is None:  # an UPDATE or INSERT: nothing to fetch
+            return []
+        return list(self.cursor.fetchall())
+
+    def execute_many(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
+        self.cursor.executemany(self.sql(statement), rows)
 
     def _in(self, values: Sequence[Any]) -> str:
         return ",".join("?" * len(values))
@@ -275,18 +310,27 @@ class _Batch:
         ):
             self.tombstones.add(TransactionKey(row[0], row[1], row[2]))
         card_ids = sorted({job.card_id for job in jobs if job.card_id is not None})
-        if card_ids:
-            self._load_cards(card_ids)
-            pairs = sorted(
-                {(job.card_id, job.business_date) for job in jobs if job.card_id is not None}
-            )
+        missing_cards = [i for i in card_ids if i not in self.cards]
+        if missing_cards:
+            self._load_cards(missing_cards)
+        pairs = sorted(
+            {
+                (job.card_id, job.business_date)
+                for job in jobs
+                if job.card_id is not None and (job.card_id, job.business_date) not in self.days
+            }
+        )
+        if pairs:
+            days_cards = sorted({c for c, _ in pairs})
             dates = sorted({d for _, d in pairs})
             for row in self.rows(
                 "SELECT card_id, business_date, amount, count FROM card_days WHERE card_id IN "
-                f"({self._in(card_ids)}) AND business_date IN ({self._in(dates)})",
-                [*card_ids, *dates],
+                f"({self._in(days_cards)}) AND business_date IN ({self._in(dates)})",
+                [*days_cards, *dates],
             ):
                 self.days[(row[0], row[1])] = (int(row[2]), int(row[3]))
+            for pair in pairs:
+                self.days.setdefault(pair, (0, 0))
 
     def _load_cards(self, card_ids: Sequence[int]) -> None:
         columns = (
@@ -357,9 +401,14 @@ class _Batch:
                 ]
             return self._ids.pop(0)
         if not self._next_id:
-            found = self.rows("SELECT COALESCE(MAX(id), 0) FROM transactions")
-            self._next_id = int(found[0][0]) + 1
+            if self.cache is not None and self.cache.next_id:
+                self._next_id = self.cache.next_id
+            else:
+                found = self.rows("SELECT COALESCE(MAX(id), 0) FROM transactions")
+                self._next_id = int(found[0][0]) + 1
         self._next_id += 1
+        if self.cache is not None:
+            self.cache.next_id = self._next_id
         return self._next_id - 1
 
     def pending_transfer(self, pending_id: str) -> tuple[Transfer, PendingState, str | None] | None:
@@ -593,7 +642,7 @@ class _Batch:
 
     def flush(self) -> None:
         """Write everything the batch owes the database (inside its transaction)."""
-        execute = self.connection.exec_driver_sql
+        execute = self.execute_many
         if self.tx_inserts:
             statement = self.sql(
                 f"INSERT INTO transactions ({', '.join(_TX_COLUMNS)}) VALUES "
@@ -675,10 +724,8 @@ class _Batch:
             self.dirty_days.clear()
         for original_id, values in self.tx_updates:
             names = sorted(values)
-            execute(
-                self.sql(
-                    f"UPDATE transactions SET {', '.join(f'{n} = ?' for n in names)} WHERE id = ?"
-                ),
+            self.rows(
+                f"UPDATE transactions SET {', '.join(f'{n} = ?' for n in names)} WHERE id = ?",
                 (*[values[n] for n in names], original_id),
             )
         self.tx_updates.clear()
@@ -698,6 +745,31 @@ class _Batch:
                 list(self.outbox_inserts),
             )
             self.outbox_inserts.clear()
+
+    def seal(self) -> None:
+        """Append the batch's new transfers to the hash-chained journal (as the store does,
+        with the chain head kept in the cache while it is valid)."""
+        new = self.connection.info.get(NEW_TRANSFERS) or []
+        if not new:
+            return
+        if self.cache is not None and self.cache.journal_head is not None:
+            seq, previous = self.cache.journal_head
+        else:
+            head = self.rows("SELECT seq, hash FROM journal_head WHERE id = 1" + self._lock())
+            seq, previous = int(head[0][0]), str(head[0][1])
+        rows = []
+        for transfer, business_date, now in new:
+            seq += 1
+            digest = journal_hash(previous, canonical_transfer(transfer, business_date, now))
+            rows.append((seq, transfer.id, previous, digest))
+            previous = digest
+        self.execute_many(
+            "INSERT INTO journal (seq, transfer_id, prev_hash, hash) VALUES (?,?,?,?)", rows
+        )
+        self.rows("UPDATE journal_head SET seq = ?, hash = ? WHERE id = 1", (seq, previous))
+        if self.cache is not None:
+            self.cache.journal_head = (seq, previous)
+        new.clear()
 
 
 class _BatchView:
@@ -821,6 +893,13 @@ def _record_of(row: dict[str, Any], transfer_ids: tuple[str, ...]) -> Transactio
     )
 
 
+def _driver_errors(store: Store) -> tuple[type[BaseException], ...]:
+    """The database driver's own error class (raised by the raw cursor)."""
+    dbapi = store.engine.dialect.dbapi
+    error = getattr(dbapi, "Error", None)
+    return (error,) if isinstance(error, type) else ()
+
+
 @dataclass(frozen=True)
 class _LoopFuture:
     """An asyncio future to be resolved on its own loop."""
@@ -866,6 +945,9 @@ class GroupCommitter:
         self.last_batch_size = 0
         self.last_batch_s = 0.0
         self._started = False
+        self._connection: Connection | None = None
+        self._cache: _Cache | None = None
+        self._driver_errors = _driver_errors(store)
 
     def start(self) -> None:
         """Start the commit thread."""
@@ -912,7 +994,16 @@ class GroupCommitter:
             if item is None:
                 stopping = True
             if batch:
-                self._commit_batch(batch)
+                try:
+                    self._commit_batch(batch)
+                except Exception as error:  # the thread must outlive any bug: answer, go on
+                    log.exception("ledger batch failed unexpectedly")
+                    self._cache = None
+                    self._drop_connection()
+                    for _job, future in batch:
+                        with contextlib.suppress(Exception):
+                            future.set_exception(LedgerError(f"batch failed: {error!r}"))
+        self._drop_connection()
 
     def _commit_batch(
         self,
@@ -922,13 +1013,19 @@ class GroupCommitter:
         started = time.perf_counter()
         results: list[JobResult | BaseException] = []
         try:
-            with self.store.transaction() as connection:
-                working = _Batch(self.store, connection, [job for job, _ in batch])
+            connection = self._connection_for_batch()
+            connection.info[NEW_TRANSFERS] = []
+            with connection.begin():
+                cache = self._cache_for(connection)
+                working = _Batch(self.store, connection, [job for job, _ in batch], cache)
                 for job, _future in batch:
                     results.append(self._run_one(working, job))
                 working.flush()
-        except (DBAPIError, SQLAlchemyError) as error:
-            orig = getattr(error, "orig", None)
+                working.seal()
+        except Exception as error:  # a failed batch (any database error) answers every job
+            self._cache = None  # it may hold the failed batch's effects
+            self._drop_connection()
+            orig = getattr(error, "orig", error)  # SQLAlchemy wraps; the raw cursor does not
             # Lock conflicts with another process, or another process stored one of our
             # request keys first: run the batch again (the prefetch then sees its answer).
             retryable = RETRYABLE_SQLSTATES | {UNIQUE_VIOLATION}
@@ -957,11 +1054,35 @@ class GroupCommitter:
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
                 loop.call_soon_threadsafe(_resolve, pairs)
 
+    def _connection_for_batch(self) -> Connection:
+        # One connection for the thread's life: no pool round trip per batch, and SQLite's
+        # data_version then tells whether anyone else wrote since our last commit.
+        if self._connection is None:
+            self._connection = self.store.engine.connect()
+        return self._connection
+
+    def _drop_connection(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(SQLAlchemyError):
+                self._connection.close()
+            self._connection = None
+
+    def _cache_for(self, connection: Connection) -> _Cache | None:
+        if not self.store.is_sqlite:
+            return None  # other processes write the same rows: nothing survives a batch
+        version = int(connection.exec_driver_sql("PRAGMA data_version").scalar() or 0)
+        cache = self._cache
+        if cache is None or cache.data_version != version or cache.size() > CACHE_ENTRIES_MAX:
+            cache = self._cache = _Cache(data_version=version)
+        return cache
+
     def _run_one(self, working: _Batch, job: AuthorizationJob) -> JobResult | BaseException:
         try:
             return working.run(job)
         except (DBAPIError, SQLAlchemyError):
             raise  # the batch's transaction is unusable: fail (or retry) the whole batch
+        except self._driver_errors:
+            raise
         except Exception as error:  # one job's failure (even a bug) must not fail its batch
             log.exception(
                 "authorization job failed; nothing of it applied",
