@@ -77,6 +77,7 @@ from ledger.store import (
     journal_hash,
     replayed_result,
     transfer_digest,
+    write_transaction,
 )
 
 log = logging.getLogger("honar.ledger")
@@ -1015,7 +1016,7 @@ class GroupCommitter:
         try:
             connection = self._connection_for_batch()
             connection.info[NEW_TRANSFERS] = []
-            with connection.begin():
+            with write_transaction(connection):
                 cache = self._cache_for(connection)
                 working = _Batch(self.store, connection, [job for job, _ in batch], cache)
                 for job, _future in batch:

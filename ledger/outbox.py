@@ -50,6 +50,8 @@ from sqlalchemy import (
     update,
 )
 
+from ledger.store import write_transaction
+
 # The payload format version (the ``schema`` field). Store.add_event writes the same number.
 EVENT_SCHEMA_VERSION = 1
 
@@ -204,7 +206,7 @@ class Outbox:
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[Connection]:
-        with self.write_lock, self.engine.begin() as connection:
+        with self.write_lock, self.engine.connect() as connection, write_transaction(connection):
             yield connection
 
     def unpublished(self, limit: int, after_id: int = 0) -> list[OutboxRow]:

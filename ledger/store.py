@@ -75,11 +75,24 @@ log = logging.getLogger("honar.ledger")
 # PostgreSQL deadlock_detected and serialization_failure: the job is retried after the commit.
 RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
 LOCK_RETRIES_MAX = 5
+WRITE_TRANSACTION = "honar_write"  # connection.info flag: BEGIN IMMEDIATE on SQLite
 NEW_TRANSFERS = "honar_new_transfers"  # connection.info key: transfers to seal into the journal
 EVENT_SCHEMA_VERSION = 1
 BULK_CHUNK_ROWS = 10_000  # rows per executemany in bulk operations (bounds one statement's memory)
 IN_CHUNK_MAX = 5_000  # values per SQL IN list
 CARD_STATES = ("active", "blocked")
+
+
+@contextlib.contextmanager
+def write_transaction(connection: Connection) -> Iterator[None]:
+    """A transaction on ``connection`` that will write (on SQLite: BEGIN IMMEDIATE)."""
+    connection.info[WRITE_TRANSACTION] = True
+    try:
+        with connection.begin():
+            yield
+    finally:
+        # info belongs to the pooled DB-API connection: its next user may only read.
+        connection.info.pop(WRITE_TRANSACTION, None)
 
 
 def canonical_transfer(transfer: Transfer, business_date: str, created_at: str) -> str:
@@ -263,7 +276,10 @@ def create_ledger_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _begin(connection: Connection) -> None:
-            connection.exec_driver_sql("BEGIN")
+            # A writer takes the write lock at BEGIN: a deferred transaction that reads first
+            # cannot wait for another writer later (SQLite answers "database is locked" at once).
+            immediate = connection.info.get(WRITE_TRANSACTION)
+            connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
     if parsed.get_backend_name() == "postgresql":
@@ -296,10 +312,10 @@ class Store:
     def migrate(self) -> list[int]:
         """Apply the missing schema migrations in order; return the versions applied."""
         applied: list[int] = []
-        with self.engine.begin() as connection:
+        with self.begin_write() as connection:
             schema.metadata.create_all(connection, tables=[schema.schema_migrations])
         for version, name, step in schema.MIGRATIONS:
-            with self.engine.begin() as connection:
+            with self.begin_write() as connection:
                 if version in schema.applied_versions(connection):
                     continue
                 schema.run_migration(connection, version, name, step)
@@ -372,9 +388,16 @@ class Store:
         return {row.id: _account(row) for row in connection.execute(query)}
 
     @contextlib.contextmanager
+    def begin_write(self) -> Iterator[Connection]:
+        """A connection in a write transaction (BEGIN IMMEDIATE on SQLite), committed at the end
+        of the ``with`` block, rolled back on an exception."""
+        with self.engine.connect() as connection, write_transaction(connection):
+            yield connection
+
+    @contextlib.contextmanager
     def transaction(self) -> Iterator[Connection]:
-        """One database transaction; the journal is sealed (hash-chained) just before commit."""
-        with self.engine.begin() as connection:
+        """One write transaction; the journal is sealed (hash-chained) just before commit."""
+        with self.engine.connect() as connection, write_transaction(connection):
             connection.info[NEW_TRANSFERS] = []
             yield connection
             self.seal_journal(connection)
@@ -862,7 +885,7 @@ class Store:
 
     def set_terminal_keys(self, tid: str, *, tpk: str, tak: str) -> None:
         """Store new working keys (under the LMK) for a terminal."""
-        with self.engine.begin() as connection:
+        with self.begin_write() as connection:
             connection.execute(
                 update(schema.terminals)
                 .where(schema.terminals.c.id == tid)
@@ -873,14 +896,14 @@ class Store:
 
     def set_setting(self, key: str, value: str) -> None:
         """Store (or replace) a setting."""
-        with self.engine.begin() as connection:
+        with self.begin_write() as connection:
             connection.execute(delete(schema.settings).where(schema.settings.c.key == key))
             connection.execute(schema.settings.insert().values(key=key, value=value))
 
     def add_member(self, member_id: str, name: str) -> None:
         """Create a member; LedgerError when the id is taken."""
         try:
-            with self.engine.begin() as connection:
+            with self.begin_write() as connection:
                 connection.execute(schema.members.insert().values(id=member_id, name=name))
         except IntegrityError:
             raise LedgerError(f"member {member_id!r} exists already") from None
@@ -938,7 +961,7 @@ class Store:
     def insert_card(self, card: NewCard) -> int:
         """Store a new card; return its id. LedgerError when the PAN exists already."""
         try:
-            with self.engine.begin() as connection:
+            with self.begin_write() as connection:
                 if (
                     connection.execute(
                         select(schema.members.c.id).where(schema.members.c.id == card.member_id)
@@ -972,7 +995,7 @@ class Store:
             assert pin_failures >= 0
             changes["pin_failures"] = pin_failures
         assert changes, "nothing to change"
-        with self.engine.begin() as connection:
+        with self.begin_write() as connection:
             result = connection.execute(
                 update(schema.cards).where(schema.cards.c.id == card_id).values(**changes)
             )

@@ -24,6 +24,7 @@ from typing import Any, TextIO
 
 from switch.codec import CodecError, Message, decode, encode
 from switch.dialects import Dialect, get_dialect
+from switch.requests import build_tlv, parse_tlv
 from switch.trace import TraceRecord, iter_trace
 
 PIN_BLOCK_ZERO = "00" * 8
@@ -138,6 +139,18 @@ def _pans(fields: Mapping[str, str] | Mapping[int, str]) -> set[str]:
     return {pan for pan in pans if pan.isdigit()}
 
 
+def _mask_cvv2(value: str) -> str:
+    """Field 48 with the value of tag ``P92`` (the CVV2) replaced by zeros."""
+    try:
+        tags = parse_tlv(value)
+    except ValueError:
+        return value
+    if "P92" not in tags:
+        return value
+    tags["P92"] = "0" * len(tags["P92"])
+    return build_tlv(tags)
+
+
 def mask_record(
     record: TraceRecord, dialect: Dialect, *, drop_undecodable: bool = False
 ) -> TraceRecord | None:
@@ -159,6 +172,8 @@ def mask_record(
     fields = dict(message.fields)
     if 52 in fields:
         fields[52] = PIN_BLOCK_ZERO
+    if 48 in fields:
+        fields[48] = _mask_cvv2(fields[48])
     raw = encode(Message(message.mti, fields), dialect)
     secrets = {pan.encode(): mask_pan(pan).encode() for pan in _pans(message.fields)}
     return replace(record, payload=_replace_all(raw, secrets))
@@ -171,7 +186,9 @@ def mask(
     counts = MaskCounts()
     records = list(iter_trace(source))  # parse it all first: no half-written output on error
     with open(target, "w", encoding="utf-8") as out:
-        out.write(f"# masked copy of {Path(source).name}: PANs masked, PIN blocks zeroed\n")
+        out.write(
+            f"# masked copy of {Path(source).name}: PANs masked, PIN blocks and CVV2 zeroed\n"
+        )
         for record in records:
             counts.frames += 1
             masked = mask_record(record, dialect, drop_undecodable=drop_undecodable)

@@ -186,6 +186,7 @@ def build_app(config: Config, *, hsm_port: HsmPort | None = None) -> App:
         connections_max=s.connections_max,
         in_flight_per_connection_max=s.in_flight_per_connection_max,
         idle_timeout_s=s.idle_timeout_s,
+        frame_timeout_s=s.frame_timeout_s,
         graceful_timeout_s=s.graceful_timeout_s,
     )
     tracer = TraceWriter(

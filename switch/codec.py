@@ -72,25 +72,26 @@ _TRACK2 = frozenset(string.digits + "=D")
 _HEX = frozenset("0123456789ABCDEF")
 
 
+_ALLOWED = {"n": frozenset(string.digits), "an": _ALNUM_SPACE, "ans": _PRINTABLE, "z": _TRACK2}
+
+
 def check_field(spec: FieldSpec, value: str) -> str | None:
     """Return why ``value`` is not valid for ``spec``, or None when it is."""
-    if spec.format == "b":
-        if not set(value) <= _HEX or len(value) % 2:
+    fmt = spec.format
+    if fmt == "b":
+        if len(value) % 2 or not _HEX.issuperset(value):
             return "binary field must be an even number of uppercase hex digits"
         size = len(value) // 2
     else:
         size = len(value)
-        allowed = {
-            "n": frozenset(string.digits),
-            "an": _ALNUM_SPACE,
-            "ans": _PRINTABLE,
-            "z": _TRACK2,
-        }[spec.format]
-        if not set(value) <= allowed:
-            return f"format {spec.format} allows no such character"
-    if spec.fixed and size != spec.length_max:
-        return f"length {size}, expected exactly {spec.length_max}"
-    if size > spec.length_max:
+        # Fast path for the commonest format; isdigit alone would accept non-ASCII digits.
+        if fmt == "n" and value.isascii() and (value.isdigit() or not value):
+            pass
+        elif not _ALLOWED[fmt].issuperset(value):
+            return f"format {fmt} allows no such character"
+    if size != spec.length_max and (spec.fixed or size > spec.length_max):
+        if spec.fixed:
+            return f"length {size}, expected exactly {spec.length_max}"
         return f"length {size}, at most {spec.length_max}"
     return None
 
@@ -119,25 +120,32 @@ def decode(raw: bytes, dialect: Dialect) -> Message:
             ) from None
         raise CodecError(error.msg, field=error.field, pos=error.pos, partial=partial) from None
     mti = doc_dec["t"]
-    partial = {k: v for k, v in doc_dec.items() if isinstance(v, str)}
-    if not (len(mti) == 4 and mti.isdigit()):
+    if not (len(mti) == 4 and mti.isascii() and mti.isdigit()):
         raise CodecError("MTI must be 4 digits", field="t", pos=0, partial={})
     for bitmap in ("p", "1"):
         value = doc_dec.get(bitmap)
-        if value is not None and not set(value) <= _HEX:
-            raise CodecError("bitmap must be uppercase hex", field=bitmap, partial=partial)
+        if value is not None and not _HEX.issuperset(value):
+            raise CodecError("bitmap must be uppercase hex", field=bitmap, partial=_strs(doc_dec))
     fields: dict[int, str] = {}
+    by_number = dialect.by_number
     for key, value in doc_dec.items():
-        if key in ("t", "p", "1", "h"):
+        if key in _NOT_DATA:
             continue
         number = int(key)
-        problem = check_field(dialect.by_number[number], value)
+        problem = check_field(by_number[number], value)
         if problem is not None:
-            raise CodecError(problem, field=key, pos=_field_pos(doc_enc, key), partial=partial)
+            raise CodecError(
+                problem, field=key, pos=_field_pos(doc_enc, key), partial=_strs(doc_dec)
+            )
         fields[number] = value
-    if 1 in fields or 65 in fields:  # pragma: no cover - pyiso8583 never returns these as data
-        raise CodecError("bitmap fields are not data", field="1", partial=partial)
     return Message(mti, fields)
+
+
+_NOT_DATA = frozenset({"t", "p", "1", "h"})
+
+
+def _strs(doc_dec: Mapping[str, Any]) -> dict[str, str]:
+    return {k: v for k, v in doc_dec.items() if isinstance(v, str)}
 
 
 def _field_pos(doc_enc: Mapping[str, Any], key: str) -> int | None:

@@ -35,6 +35,7 @@ class SwitchConfig:
     connections_max: int = 1000
     in_flight_per_connection_max: int = 64
     idle_timeout_s: float = 300.0
+    frame_timeout_s: float = 10.0  # a frame begun must arrive whole within this (slow loris)
     graceful_timeout_s: float = 10.0
     business_zone: str = "Asia/Tehran"
     cutover_time: str = "00:00"
@@ -146,6 +147,7 @@ _POSITIVE = {
     "connections_max",
     "in_flight_per_connection_max",
     "idle_timeout_s",
+    "frame_timeout_s",
     "graceful_timeout_s",
     "batch_max",
     "hold_period_s",

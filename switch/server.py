@@ -42,6 +42,7 @@ class ServerLimits:
     connections_max: int = 1000
     in_flight_per_connection_max: int = 64
     idle_timeout_s: float = 300.0
+    frame_timeout_s: float = 10.0  # a frame begun must be whole by then (capped by idle)
     graceful_timeout_s: float = 10.0
 
 
@@ -70,10 +71,33 @@ class _Connection:
 
     async def read_loop(self) -> None:
         limits = self.server.limits
+        loop = asyncio.get_running_loop()
+        frame_limit_s = min(limits.frame_timeout_s, limits.idle_timeout_s)
+        frame_waited_s = 0.0  # time spent waiting for the rest of the frame begun
         while True:
+            timeout_s = limits.idle_timeout_s
+            partial = self.framer.buffered_size > 0
+            if partial:
+                # A frame begun must arrive whole in time: one byte now and then (slow loris)
+                # does not keep a connection and its slot. Only time spent waiting for bytes
+                # counts, not time this side spent not reading (backpressure).
+                timeout_s = max(0.0, frame_limit_s - frame_waited_s)
+            else:
+                frame_waited_s = 0.0
+            started = loop.time()
             try:
-                data = await asyncio.wait_for(self.reader.read(READ_SIZE), limits.idle_timeout_s)
+                data = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout_s)
             except TimeoutError:
+                if self.framer.buffered_size:
+                    log.warning(
+                        "frame not completed in time; closing connection",
+                        extra={
+                            "conn": self.label,
+                            "peer": self.peer,
+                            "frame_timeout_s": frame_limit_s,
+                        },
+                    )
+                    return
                 log.info(
                     "idle connection closed",
                     extra={
@@ -86,6 +110,8 @@ class _Connection:
             except ConnectionError as error:
                 log.info("connection error", extra={"conn": self.label, "error": str(error)})
                 return
+            if partial:
+                frame_waited_s += loop.time() - started
             if not data:
                 if self.framer.buffered_size:
                     log.warning(
@@ -109,6 +135,7 @@ class _Connection:
                     return
                 if payload is None:
                     break
+                frame_waited_s = 0.0
                 await self.slots.acquire()
                 task = asyncio.create_task(self.process(payload))
                 self.in_flight.add(task)

@@ -145,8 +145,12 @@ def _optional_text(entry: dict[str, Any], key: str, source: str, line: int) -> s
 def iter_trace(path: str | Path) -> Iterator[TraceRecord]:
     """Yield the records of a trace file in order (see :func:`parse_line` for the rules)."""
     source = str(path)
-    with open(path, encoding="utf-8") as handle:
-        for number, text in enumerate(handle, start=1):
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise TraceError(source, number, f"not UTF-8 text ({error.reason})") from None
             record = parse_line(text, number, source)
             if record is not None:
                 yield record

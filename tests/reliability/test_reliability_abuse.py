@@ -15,7 +15,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 from reliability_support import M0006, exchange_raw, percentile, wait_until
 
 from ledger.store import Totals
@@ -92,13 +91,6 @@ def test_slow_loris_partial_frame_is_closed_at_idle_timeout(tmp_path: Path) -> N
         served(s)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: switch/server.py applies idle_timeout_s to each read only; a client that "
-    "trickles one byte of a frame every < idle_timeout_s holds its connection (and a slot of "
-    "connections_max) forever. DESIGN decision 8 names a read timeout: a whole frame must "
-    "arrive within a bounded time",
-)
 def test_slow_loris_trickling_bytes_is_closed_within_a_bounded_time(tmp_path: Path) -> None:
     idle_timeout_s = 0.6
     with running_switch(make_config(tmp_path, idle_timeout_s=idle_timeout_s)) as s:

@@ -342,11 +342,6 @@ def test_trace_file_random_text_parse_or_error_naming_the_line(
         assert error.line >= 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: switch/trace.py iter_trace opens the file as UTF-8 text, so a line with "
-    "invalid UTF-8 raises UnicodeDecodeError without a line number instead of TraceError",
-)
 def test_trace_file_with_invalid_utf8_line_names_the_line(tmp_path: Path) -> None:
     path = tmp_path / "t.jsonl"
     path.write_bytes(b'{"dir": "in", "hex": "30323030"}\n\xff\xfe not utf-8\n')

@@ -25,7 +25,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-import pytest
 from reliability_support import M0001, M0002, M0006
 
 from hsm_sim.hsm import Hsm
@@ -252,11 +251,6 @@ def test_no_secret_at_rest_in_logs_traces_events_or_reports(tmp_path: Path) -> N
     assert session.pin_blocks[0].encode() in raw_trace
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: scripts/trace.py mask zeroes PIN blocks and masks PANs but keeps field 48 tag "
-    "P92 (the CVV2) in clear, so a trace 'meant for sharing' carries the CVV2 (DESIGN 7)",
-)
 def test_masked_trace_has_no_cvv2(tmp_path: Path) -> None:
     terminal = PosTerminal.demo("HNR00004")
     cvv2_tlv = build_tlv({"P92": "123"})
