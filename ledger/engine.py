@@ -1084,6 +1084,14 @@ class GroupCommitter:
             raise  # the batch's transaction is unusable: fail (or retry) the whole batch
         except self._driver_errors:
             raise
+        except TransferRejected as rejected:
+            # A posting the balances do not allow: the job fails as a whole (no traceback: it
+            # is an outcome, and a flood of them must not stall the thread on its log).
+            log.warning(
+                "authorization job rejected; nothing of it applied",
+                extra={"tid": job.key.tid, "stan": job.key.stan, "status": rejected.status.value},
+            )
+            return rejected
         except Exception as error:  # one job's failure (even a bug) must not fail its batch
             log.exception(
                 "authorization job failed; nothing of it applied",

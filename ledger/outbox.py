@@ -11,7 +11,7 @@ Topic names (relative; the publisher prefixes ``honar/v1/{environment}/``) writt
 =========================  =========================================  ==============================
 topic                      written by                                 in the ledger transaction?
 =========================  =========================================  ==============================
-``transactions/<kind>``    ``Store.run_job`` (every decision)         yes
+``transactions/<kind>``    the authorization engine (every decision) yes
 ``holds/expired``          ``Store.expire_pending``                   yes
 ``keys/exchange``          :class:`switch.publish.KeyExchangeEvents`  no: just after the 0810
 ``alerts/velocity``        :mod:`switch.velocity`                     no: no ledger effect

@@ -16,13 +16,10 @@ Theory of operation:
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import hashlib
 import json
 import logging
-import queue
-import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -42,7 +39,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 
 from ledger import schema
 from ledger.domain import (
@@ -50,7 +47,6 @@ from ledger.domain import (
     CardRecord,
     CardSnapshot,
     JobResult,
-    Outcome,
     Posting,
     Purse,
     StoredTransaction,
@@ -1315,145 +1311,6 @@ class Store:
 
     # --- authorization --------------------------------------------------------------------------
 
-    def run_job(self, connection: Connection, job: AuthorizationJob) -> JobResult:
-        """Run one authorization job inside ``connection``'s (savepoint) transaction."""
-        stored = self._find_transaction(connection, job.key)
-        if stored is not None:
-            return replayed_result(stored, job.request_digest)
-        view = _View(self, connection, job)
-        outcome = job.decide(view)
-        snapshot = view.loaded_snapshot
-        if outcome.pin_failures is not None and snapshot is not None:
-            connection.execute(
-                update(schema.cards)
-                .where(schema.cards.c.id == snapshot.card.id)
-                .values(pin_failures=outcome.pin_failures)
-            )
-        result = connection.execute(
-            schema.transactions.insert().values(
-                tid=job.key.tid,
-                stan=job.key.stan,
-                transmission=job.key.transmission,
-                mti=job.mti,
-                kind=job.kind,
-                processing_code=job.processing_code,
-                request_digest=job.request_digest,
-                card_id=job.card_id,
-                member_id=None if snapshot is None else snapshot.card.member_id,
-                merchant_id=job.merchant_id,
-                pan_masked=job.pan_masked,
-                amount=outcome.amount,
-                response_code=outcome.response_code,
-                response_json="{}",
-                business_date=job.business_date,
-                created_at=job.now,
-                **dict(outcome.record),
-            )
-        )
-        assert result.inserted_primary_key is not None
-        transaction_id = int(result.inserted_primary_key[0])
-        self._post_outcome(connection, job, outcome.postings, transaction_id)
-        if outcome.tombstone is not None:
-            key = outcome.tombstone
-            exists = _View(self, connection, job).tombstoned(key)
-            if not exists:
-                connection.execute(
-                    schema.tombstones.insert().values(
-                        tid=key.tid,
-                        stan=key.stan,
-                        transmission=key.transmission,
-                        reversal_id=transaction_id,
-                    )
-                )
-        for original_id, changes in outcome.updates:
-            connection.execute(
-                update(schema.transactions)
-                .where(schema.transactions.c.id == original_id)
-                .values(**dict(changes))
-            )
-        fields = dict(outcome.response_fields)
-        rrn = fields.get(37) or (f"{transaction_id:012d}" if job.assign_rrn else "")
-        if rrn:
-            fields[37] = rrn
-        auth_id = ""
-        if outcome.response_code == "00" and outcome.postings:
-            digest = hashlib.sha256(f"{transaction_id}|{job.key}".encode()).hexdigest()
-            auth_id = f"{int(digest[:8], 16) % 1_000_000:06d}"
-            fields[38] = auth_id
-        connection.execute(
-            update(schema.transactions)
-            .where(schema.transactions.c.id == transaction_id)
-            .values(
-                rrn=rrn,
-                auth_id=auth_id,
-                response_json=json.dumps({str(k): v for k, v in sorted(fields.items())}),
-            )
-        )
-        self._decision_event(connection, job, outcome, rrn, auth_id, transaction_id)
-        return JobResult(outcome.response_code, fields)
-
-    def _decision_event(
-        self,
-        connection: Connection,
-        job: AuthorizationJob,
-        outcome: Outcome,
-        rrn: str,
-        auth_id: str,
-        transaction_id: int,
-    ) -> None:
-        payload: dict[str, Any] = {
-            "event_id": hashlib.sha256(
-                f"{job.key.tid}|{job.key.stan}|{job.key.transmission}".encode()
-            ).hexdigest()[:32],
-            "type": job.kind,
-            "time": job.now,
-            "business_date": job.business_date,
-            "mti": job.mti,
-            "processing_code": job.processing_code,
-            "terminal_id": job.key.tid,
-            "stan": job.key.stan,
-            "merchant_id": job.merchant_id,
-            "pan_masked": job.pan_masked,
-            "amount": outcome.amount,
-            "response_code": outcome.response_code,
-            "approved": outcome.response_code == "00",
-            "rrn": rrn,
-            "auth_id": auth_id,
-            "transaction_id": transaction_id,
-        }
-        payload.update(outcome.event or {})
-        self.add_event(connection, f"transactions/{job.kind}", payload, now=job.now)
-
-    def _post_outcome(
-        self,
-        connection: Connection,
-        job: AuthorizationJob,
-        postings: Sequence[Posting],
-        transaction_id: int,
-    ) -> None:
-        for index, posting in enumerate(postings):
-            transfer = Transfer(
-                id=posting.id or transfer_digest(job.key, index),
-                debit_account_id=posting.debit_account_id,
-                credit_account_id=posting.credit_account_id,
-                amount=posting.amount,
-                ledger=364,
-                code=posting.code,
-                flags=posting.flags,
-                pending_id=posting.pending_id,
-                timeout_s=posting.timeout_s,
-                user_data=posting.user_data,
-            )
-            status = self.post_transfer(
-                connection,
-                transfer,
-                business_date=job.business_date,
-                now=job.now,
-                transaction_id=transaction_id,
-            )
-            if status is not TransferStatus.CREATED:
-                raise TransferRejected(status, transfer)
-
     # --- reads a decision makes (through _View) -----------------------------------------------
 
     def transaction_record(
@@ -1619,133 +1476,6 @@ def replayed_result(stored: StoredTransaction, request_digest: str) -> JobResult
     if stored.request_digest != request_digest:
         return JobResult("94", {}, replayed=True, conflict=True)
     return JobResult(stored.response_code, stored.response_fields, replayed=True)
-
-
-class GroupCommitter:
-    """Runs authorization jobs in batches: one commit for many, answers only after it."""
-
-    def __init__(self, store: Store, *, batch_max: int = 256) -> None:
-        assert batch_max > 0
-        self.store = store
-        self.batch_max = batch_max
-        self._queue: queue.SimpleQueue[
-            tuple[AuthorizationJob, concurrent.futures.Future[JobResult]] | None
-        ]
-        self._queue = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="ledger-commit", daemon=True)
-        self.batches = 0
-        self.jobs = 0
-        self.lock_retries = 0
-        self._started = False
-
-    def start(self) -> None:
-        """Start the commit thread."""
-        self._started = True
-        self._thread.start()
-
-    def submit(self, job: AuthorizationJob) -> concurrent.futures.Future[JobResult]:
-        """Queue a job; the future resolves after its batch has committed (or failed)."""
-        assert self._started, "GroupCommitter.start() first"
-        future: concurrent.futures.Future[JobResult] = concurrent.futures.Future()
-        self._queue.put((job, future))
-        return future
-
-    def stop(self) -> None:
-        """Finish every queued job, then stop the thread."""
-        if self._started:
-            self._queue.put(None)
-            self._thread.join()
-            self._started = False
-
-    def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            item = self._queue.get()
-            batch = []
-            while item is not None:
-                batch.append(item)
-                if len(batch) >= self.batch_max:
-                    break
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-            if item is None:
-                stopping = True
-            if batch:
-                self._commit_batch(batch)
-
-    def _run_one(
-        self, connection: Connection, job: AuthorizationJob
-    ) -> JobResult | BaseException | None:
-        """Run one job in a savepoint. None means "lock conflict: run it again after commit"."""
-        savepoint = connection.begin_nested()
-        new = connection.info.setdefault(NEW_TRANSFERS, [])
-        mark = len(new)
-        try:
-            result = self.store.run_job(connection, job)
-        except IntegrityError:
-            # Another process stored the same request key first: answer as a retransmission.
-            savepoint.rollback()
-            del new[mark:]
-            stored = self.store._find_transaction(connection, job.key)
-            if stored is None:
-                return LedgerError(f"integrity error for {job.key} and no stored answer")
-            return replayed_result(stored, job.request_digest)
-        except OperationalError as error:
-            savepoint.rollback()
-            del new[mark:]
-            if getattr(error.orig, "sqlstate", None) in RETRYABLE_SQLSTATES:
-                # Another process's batch holds a lock this job needs while waiting for one an
-                # earlier job of ours holds. Give the job's locks back; retry after our commit.
-                return None
-            log.exception(
-                "authorization job failed, rolled back",
-                extra={"tid": job.key.tid, "stan": job.key.stan},
-            )
-            return LedgerError(f"database error: {error.orig}")
-        except Exception as error:  # one job's failure (even a bug) must not fail its batch
-            savepoint.rollback()
-            del new[mark:]
-            log.exception(
-                "authorization job failed, rolled back",
-                extra={"tid": job.key.tid, "stan": job.key.stan},
-            )
-            return error
-        savepoint.commit()
-        return result
-
-    def _commit_batch(
-        self,
-        batch: list[tuple[AuthorizationJob, concurrent.futures.Future[JobResult]]],
-        attempt: int = 1,
-    ) -> None:
-        results: list[JobResult | BaseException | None] = []
-        try:
-            with self.store.transaction() as connection:
-                for job, _future in batch:
-                    results.append(self._run_one(connection, job))
-        except SQLAlchemyError as error:
-            log.exception("ledger commit failed; batch of %d not applied", len(batch))
-            for _job, future in batch:
-                future.set_exception(LedgerError(f"commit failed: {error}"))
-            return
-        self.batches += 1
-        again = []
-        for item, result in zip(batch, results, strict=True):
-            if result is None:
-                again.append(item)
-            elif isinstance(result, BaseException):
-                item[1].set_exception(result)
-            else:
-                self.jobs += 1
-                item[1].set_result(result)
-        if again and attempt >= LOCK_RETRIES_MAX:
-            for _job, future in again:
-                future.set_exception(LedgerError("lock conflicts persisted; job not applied"))
-        elif again:
-            self.lock_retries += len(again)
-            self._commit_batch(again, attempt + 1)
 
 
 def _split(value: str | None) -> frozenset[str]:

@@ -24,8 +24,9 @@ from hsm_sim.keys import Lmk
 from ledger import demo
 from ledger.disburse import disburse_file
 from ledger.domain import AuthorizationJob, JobResult, Outcome, Posting, TransactionKey
+from ledger.engine import GroupCommitter
 from ledger.model import AccountFlags, Transfer, TransferCode
-from ledger.store import GroupCommitter, Store
+from ledger.store import Store
 
 PG_URL_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 NOW = "2026-05-01T08:30:00+00:00"

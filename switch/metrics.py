@@ -224,7 +224,7 @@ class _OutboxCollector(Collector):
 
 
 class TimedGroupCommitter(GroupCommitter):
-    """:class:`ledger.store.GroupCommitter` that reports each batch's size and commit time.
+    """:class:`ledger.engine.GroupCommitter` that reports each batch's size and commit time.
 
     It also holds :attr:`write_lock` around each batch, so that the outbox's own writes (marks,
     alerts) from this process never interleave with a batch (see :class:`ledger.outbox.Outbox`).

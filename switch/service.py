@@ -586,7 +586,7 @@ def _replayed(result: JobResult) -> tuple[str, dict[int, str]]:
 
 
 class GroupCommitterLike(Protocol):
-    """Structural type of :class:`ledger.store.GroupCommitter` as the service uses it."""
+    """Structural type of :class:`ledger.engine.GroupCommitter` as the service uses it."""
 
     def submit(self, job: AuthorizationJob) -> concurrent.futures.Future[JobResult]:
         """Queue a job; the future resolves once its batch has committed."""

@@ -14,8 +14,9 @@ import sys
 from concurrent.futures import Future
 
 from ledger.domain import AuthorizationJob, JobResult, Outcome, Posting, TransactionKey
+from ledger.engine import GroupCommitter
 from ledger.model import TransferCode
-from ledger.store import GroupCommitter, Store, TransferRejected
+from ledger.store import Store, TransferRejected
 
 NOW = "2026-05-01T08:30:00+00:00"
 FUTURE_TIMEOUT_S = 120
