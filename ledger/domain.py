@@ -159,6 +159,11 @@ class LedgerView(Protocol):
     """What a decision may read inside its database transaction (rows it uses are locked)."""
 
     @property
+    def business_date(self) -> str:
+        """The business date the request counts in (the open date after an early cutover)."""
+        ...
+
+    @property
     def snapshot(self) -> CardSnapshot | None:
         """The job's card with its member's purses (None when the job has no card)."""
         ...

@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection
@@ -213,6 +213,7 @@ class _Cache:
     days: dict[tuple[int, str], tuple[int, int]] = field(default_factory=dict)
     next_id: int = 0
     journal_head: tuple[int, str] | None = None
+    closed_through: str | None = None  # the last closed business date ("" for none)
 
     def size(self) -> int:
         return len(self.accounts) + len(self.cards) + len(self.days)
@@ -258,6 +259,7 @@ class _Batch:
         self.tx_updates: list[tuple[int, dict[str, Any]]] = []
         self.tombstone_inserts: list[tuple[str, str, str, int]] = []
         self.outbox_inserts: list[tuple[Any, ...]] = []
+        self.closed_through = self._closed_through()
         self._prefetch(jobs)
 
     # --- SQL helpers ---------------------------------------------------------------------------
@@ -332,6 +334,23 @@ class _Batch:
                 self.days[(row[0], row[1])] = (int(row[2]), int(row[3]))
             for pair in pairs:
                 self.days.setdefault(pair, (0, 0))
+
+    def _closed_through(self) -> str:
+        """The last closed business date ("" when none): requests may not count in it."""
+        if self.cache is not None and self.cache.closed_through is not None:
+            return self.cache.closed_through
+        found = self.rows("SELECT MAX(business_date) FROM business_days")
+        closed = str(found[0][0] or "") if found else ""
+        if self.cache is not None:
+            self.cache.closed_through = closed
+        return closed
+
+    def open_date(self, business_date: str) -> str:
+        """``business_date``, or the first open date after the closed ones (a request that
+        arrives after an early cutover, or a late advice, counts in the open date)."""
+        if not self.closed_through or business_date > self.closed_through:
+            return business_date
+        return (date.fromisoformat(self.closed_through) + timedelta(days=1)).isoformat()
 
     def _load_cards(self, card_ids: Sequence[int]) -> None:
         columns = (
@@ -449,6 +468,9 @@ class _Batch:
         stored = self.stored.get(job.key) or self.new_transactions.get(job.key)
         if stored is not None:
             return replayed_result(stored, job.request_digest)
+        open_date = self.open_date(job.business_date)
+        if open_date != job.business_date:
+            job = replace(job, business_date=open_date)
         changes = _Changes()
         view = _BatchView(self, job, changes)
         outcome = job.decide(view)
@@ -797,6 +819,10 @@ class _BatchView:
         if record is not None:
             return self._batch.records[record.id]
         return None
+
+    @property
+    def business_date(self) -> str:
+        return self._job.business_date
 
     @property
     def snapshot(self) -> CardSnapshot | None:

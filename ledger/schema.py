@@ -443,3 +443,7 @@ def _v6_card_days(connection: Connection) -> None:
 
 
 MIGRATIONS.append((6, "daily totals per card", _v6_card_days))
+
+
+# Migrations were appended by several changes in turn: run them in version order.
+MIGRATIONS.sort(key=lambda migration: migration[0])

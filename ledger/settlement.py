@@ -185,13 +185,24 @@ def business_day(store: Store, business_date: date) -> BusinessDay | None:
     return None if row is None else BusinessDay(*row)
 
 
-def close_business_date(store: Store, business_date: date, *, current: date, now: str) -> None:
+def last_closed_date(store: Store) -> date | None:
+    """The latest closed business date, if any."""
+    with store.engine.connect() as connection:
+        value = connection.scalar(select(func.max(schema.business_days.c.business_date)))
+    return None if value is None else date.fromisoformat(str(value))
+
+
+def close_business_date(
+    store: Store, business_date: date, *, current: date, now: str, early: bool = False
+) -> None:
     """Close ``business_date`` (before ``current``, the open business date) once.
 
     Requests are given their business date by the clock when they arrive, so a late advice
-    for a closed date counts in the open date: closing needs no cooperation from the switch.
+    for a closed date counts in the open date. ``early`` closes the current date itself before
+    its cutover time (end of day by hand, demos): the authorization engine then counts every
+    later request in the next date.
     """
-    if business_date >= current:
+    if business_date > current or (business_date == current and not early):
         raise SettlementError(
             f"business date {business_date} is not over: the current business date is "
             f"{current}; only an earlier date can be closed"

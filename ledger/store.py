@@ -1341,6 +1341,10 @@ class Store:
 class _View:
     """:class:`ledger.domain.LedgerView` over one connection, for one job."""
 
+    @property
+    def business_date(self) -> str:
+        return self._job.business_date
+
     def __init__(self, store: Store, connection: Connection, job: AuthorizationJob) -> None:
         self._store = store
         self._connection = connection

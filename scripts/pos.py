@@ -316,6 +316,9 @@ class PosTerminal:
     def sign(self, message: Message) -> bytes:
         """Encode ``message`` (canonical shape) in the terminal's dialect with its MAC under the
         TAK (or the DUKPT request-MAC key)."""
+        if self.profile.dukpt_ipek and not message.has(53):
+            # A DUKPT terminal MACs every message with a fresh transaction key (field 53).
+            message = Message(message.mti, {**message.fields, 53: self._next_ksn().hex().upper()})
         wire = self.wire(message)
         raw = encode_for_mac(wire, self.dialect)
         return raw[:-8] + self._mac(raw[:-8], wire, response=False)

@@ -26,6 +26,7 @@ from ledger.settlement import (
     export_day,
     figures_for_report,
     jalali,
+    last_closed_date,
     public_key_pem,
     signing_key,
 )
@@ -75,6 +76,12 @@ def register(commands: Any) -> None:
 
     cutover = sub.add_parser("cutover", help="close a business date (once)")
     cutover.add_argument("--date", type=_date, help="default: the date before the current one")
+    cutover.add_argument(
+        "--now",
+        action="store_true",
+        help="close the current business date now, before its cutover time (end of day by "
+        "hand, demos); later requests count in the next date",
+    )
     _common(cutover)
     cutover.set_defaults(func=run_cutover)
 
@@ -102,18 +109,30 @@ def run_cutover(args: argparse.Namespace) -> int:
     s = config.switch
     now = datetime.now(UTC)
     current = BusinessCalendar(s.business_zone, s.cutover_time).business_date(now)
-    business_date = args.date or current - timedelta(days=1)
     store = _store(config)
     try:
-        close_business_date(store, business_date, current=current, now=now.isoformat())
+        calendar_date = current
+        closed = last_closed_date(store)
+        if closed is not None and closed >= current:
+            current = closed + timedelta(days=1)  # dates closed early: the open one is later
+        if args.date is not None:
+            business_date = args.date
+        elif args.now:
+            business_date = current
+        else:
+            business_date = calendar_date - timedelta(days=1)  # the nightly step
+        close_business_date(
+            store, business_date, current=current, now=now.isoformat(), early=args.now
+        )
     except SettlementError as error:
         print(f"honar settle cutover: {error}", file=sys.stderr)
         return 1
     finally:
         store.close()
+    open_date = max(current, business_date + timedelta(days=1))
     print(
         f"closed business date {business_date} ({jalali(business_date)}); the open date is "
-        f"{current}. Requests arriving now, late advices included, count in {current}."
+        f"{open_date}. Requests arriving now, late advices included, count in {open_date}."
     )
     return 0
 

@@ -35,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--framing", choices=["ascii4", "binary2"])
     serve.add_argument("--ledger-url", help="SQLAlchemy URL (default sqlite:///var/honar.db)")
     serve.add_argument("--data-dir", help="where the embedded database lives (default var)")
+    serve.add_argument("--mqtt", help="publish events to this broker, e.g. mqtt://127.0.0.1:1883")
+    serve.add_argument("--dialect", choices=["shetab87", "shetab93"])
     serve.set_defaults(func=_serve)
 
     ledger = commands.add_parser("ledger", help="ledger inspection")
@@ -81,6 +83,8 @@ def _serve(args: argparse.Namespace) -> int:
         switch__framing=args.framing,
         ledger__url=args.ledger_url,
         data_dir=args.data_dir,
+        events__broker_url=args.mqtt,
+        switch__dialect=args.dialect,
     )
 
     def ready(host: str, port: int) -> None:

@@ -30,7 +30,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Protocol
 
 from hsm_sim.hsm import Hsm, MacDirection, PinCheck
@@ -553,6 +553,9 @@ def _decide(
     pin_data: tuple[int, str] | None,
     view: LedgerView,
 ) -> Outcome:
+    if view.business_date != context.today.isoformat():
+        # The request counts in a later open date (its own was closed early).
+        context = replace(context, today=date.fromisoformat(view.business_date))
     if pin_data is not None and kind in PIN_FLOWS:
         snapshot = view.snapshot
         if snapshot is not None and (snapshot.card.pvki, snapshot.card.pvv) != pin_data:

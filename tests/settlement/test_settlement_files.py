@@ -271,8 +271,9 @@ def test_cutover_refuses_an_open_date_and_a_second_close(
     tomorrow = day.business_date + timedelta(days=1)
     assert main([*base, "--date", tomorrow.isoformat()]) == 1
     assert "is not over" in capsys.readouterr().err
-    assert main([*base, "--date", day.business_date.isoformat()]) == 1  # today: still open
-    assert "is not over" in capsys.readouterr().err
+    # The scripted day closed today already (as an early close would): a second close is refused.
+    assert main([*base, "--date", day.business_date.isoformat()]) == 1
+    assert "already closed" in capsys.readouterr().err
     assert main([*base, "--date", FIRST_DAY.isoformat()]) == 1
     assert "already closed" in capsys.readouterr().err
     yesterday = day.business_date - timedelta(days=1)
