@@ -76,6 +76,7 @@ from ledger.store import (
     canonical_transfer,
     journal_hash,
     replayed_result,
+    transaction_record_of,
     transfer_digest,
     write_transaction,
 )
@@ -512,7 +513,7 @@ class _Batch:
         )
         row.update(outcome.record)
         changes.transaction = row
-        changes.record = _record_of(row, tuple(t.id for t, _ in changes.transfers))
+        changes.record = transaction_record_of(row, tuple(t.id for t, _ in changes.transfers))
         if outcome.response_code == "00" and job.kind in PAYMENT_KINDS and job.card_id:
             amount, count = self.day(job.card_id, job.business_date)
             changes.days[(job.card_id, job.business_date)] = (amount + outcome.amount, count + 1)
@@ -884,40 +885,6 @@ class _BatchView:
 
     def tombstoned(self, key: TransactionKey) -> bool:
         return key in self._batch.tombstones
-
-
-def _record_of(row: dict[str, Any], transfer_ids: tuple[str, ...]) -> TransactionRecord:
-    return TransactionRecord(
-        id=row["id"],
-        tid=row["tid"],
-        stan=row["stan"],
-        transmission=row["transmission"],
-        mti=row["mti"],
-        kind=row["kind"],
-        processing_code=row["processing_code"],
-        card_id=row["card_id"],
-        member_id=row["member_id"],
-        merchant_id=row["merchant_id"],
-        pan_masked=row["pan_masked"],
-        amount=row["amount"],
-        response_code=row["response_code"],
-        rrn=row["rrn"],
-        auth_id=row["auth_id"],
-        business_date=row["business_date"],
-        created_at=row["created_at"],
-        discount=row["discount"],
-        discount_rule=row["discount_rule"],
-        discount_funded_by=row["discount_funded_by"],
-        amount_charged=row["amount_charged"],
-        purses_used=row["purses_used"],
-        original_id=row["original_id"],
-        reversed_amount=row["reversed_amount"],
-        refunded_amount=row["refunded_amount"],
-        hold_state=row["hold_state"],
-        hold_expires_at=row["hold_expires_at"],
-        tombstone=bool(row["tombstone"]),
-        transfer_ids=transfer_ids,
-    )
 
 
 def _driver_errors(store: Store) -> tuple[type[BaseException], ...]:

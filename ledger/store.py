@@ -1335,7 +1335,7 @@ class Store:
                 .order_by(schema.transfers.c.seq)
             )
         )
-        return _transaction_record(row, transfer_ids)
+        return transaction_record_of(dict(row._mapping), transfer_ids)
 
 
 class _View:
@@ -1514,38 +1514,18 @@ def _transfer(row: Any) -> Transfer:
     )
 
 
-def _transaction_record(row: Any, transfer_ids: tuple[str, ...]) -> TransactionRecord:
-    return TransactionRecord(
-        id=row.id,
-        tid=row.tid,
-        stan=row.stan,
-        transmission=row.transmission,
-        mti=row.mti,
-        kind=row.kind,
-        processing_code=row.processing_code,
-        card_id=row.card_id,
-        member_id=row.member_id,
-        merchant_id=row.merchant_id,
-        pan_masked=row.pan_masked,
-        amount=row.amount,
-        response_code=row.response_code,
-        rrn=row.rrn,
-        auth_id=row.auth_id,
-        business_date=row.business_date,
-        created_at=row.created_at,
-        discount=row.discount,
-        discount_rule=row.discount_rule,
-        discount_funded_by=row.discount_funded_by,
-        amount_charged=row.amount_charged,
-        purses_used=row.purses_used,
-        original_id=row.original_id,
-        reversed_amount=row.reversed_amount,
-        refunded_amount=row.refunded_amount,
-        hold_state=row.hold_state,
-        hold_expires_at=row.hold_expires_at,
-        tombstone=bool(row.tombstone),
-        transfer_ids=transfer_ids,
-    )
+_RECORD_FIELDS = tuple(
+    name for name in TransactionRecord.__dataclass_fields__ if name != "transfer_ids"
+)
+
+
+def transaction_record_of(
+    row: Mapping[str, Any], transfer_ids: tuple[str, ...] = ()
+) -> TransactionRecord:
+    """A :class:`TransactionRecord` from a transactions row (column name -> value)."""
+    values = {name: row[name] for name in _RECORD_FIELDS}
+    values["tombstone"] = bool(values["tombstone"])
+    return TransactionRecord(**values, transfer_ids=transfer_ids)
 
 
 def _card(row: Any) -> CardRecord:

@@ -93,21 +93,31 @@ def _original_key(request: FinancialRequest) -> TransactionKey | None:
 
 def decide_purchase(request: FinancialRequest, view: LedgerView, ctx: FlowContext) -> Outcome:
     """A purchase (0200, 000000)."""
+    decline, failures = _payment_guards(request, view, ctx)
+    if decline is not None:
+        return decline
+    return _pay(view, ctx, amount=request.amount, released={}, pin_failures=failures)
+
+
+def _payment_guards(
+    request: FinancialRequest, view: LedgerView, ctx: FlowContext
+) -> tuple[Outcome | None, int | None]:
+    """The guards every new payment passes (tombstone, card, PIN, amount, daily limits):
+    a decline, or None and the card's new PIN failure count."""
     if view.tombstoned(_key(request)):
-        return Outcome(TOMBSTONED, amount=request.amount)
+        return Outcome(TOMBSTONED, amount=request.amount), None
     snapshot = view.snapshot
     verdict = check_card(request, snapshot, ctx.pin, ctx.today)
-    if verdict.response_code is not None or snapshot is None:
-        return Outcome(verdict.response_code or "14", pin_failures=verdict.pin_failures)
-    amount = request.amount
-    card = snapshot.card
     failures = verdict.pin_failures
+    if verdict.response_code is not None or snapshot is None:
+        return Outcome(verdict.response_code or "14", pin_failures=failures), None
+    amount, card = request.amount, snapshot.card
     if amount <= 0 or amount > card.payment_amount_max:
-        return Outcome("13", pin_failures=failures, amount=amount)
+        return Outcome("13", pin_failures=failures, amount=amount), None
     limit = _limit_code(view, card.id, card.daily_amount_max, card.daily_count_max, amount, ctx)
     if limit is not None:
-        return Outcome(limit, pin_failures=failures, amount=amount)
-    return _pay(view, ctx, amount=amount, released={}, pin_failures=failures)
+        return Outcome(limit, pin_failures=failures, amount=amount), None
+    return None, failures
 
 
 def _limit_code(
@@ -251,18 +261,12 @@ def decide_balance(request: FinancialRequest, view: LedgerView, ctx: FlowContext
 
 def decide_preauth(request: FinancialRequest, view: LedgerView, ctx: FlowContext) -> Outcome:
     """A pre-authorization (0100, 000000): holds the amount, charges nothing."""
-    if view.tombstoned(_key(request)):
-        return Outcome(TOMBSTONED, amount=request.amount)
+    decline, failures = _payment_guards(request, view, ctx)
+    if decline is not None:
+        return decline
     snapshot = view.snapshot
-    verdict = check_card(request, snapshot, ctx.pin, ctx.today)
-    if verdict.response_code is not None or snapshot is None:
-        return Outcome(verdict.response_code or "14", pin_failures=verdict.pin_failures)
-    amount, card, failures = request.amount, snapshot.card, verdict.pin_failures
-    if amount <= 0 or amount > card.payment_amount_max:
-        return Outcome("13", pin_failures=failures, amount=amount)
-    limit = _limit_code(view, card.id, card.daily_amount_max, card.daily_count_max, amount, ctx)
-    if limit is not None:
-        return Outcome(limit, pin_failures=failures, amount=amount)
+    assert snapshot is not None
+    amount = request.amount
     merchant = ctx.merchant
     purses = payable_purses(
         snapshot, merchant_id=merchant.id, chain=merchant.chain, mcc=merchant.mcc, today=ctx.today
