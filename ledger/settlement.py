@@ -214,11 +214,24 @@ def close_business_date(
             "a business date closes once"
         )
     try:
-        with store.engine.begin() as connection:
+        with store.begin_write() as connection:
             connection.execute(
                 schema.business_days.insert().values(
                     business_date=business_date.isoformat(), closed_at=now
                 )
+            )
+            # The cutover is an event too, in the same transaction as the close.
+            store.add_event(
+                connection,
+                "settlement/cutover",
+                {
+                    "event_id": f"cutover-{business_date.isoformat()}",
+                    "type": "cutover",
+                    "time": now,
+                    "business_date": business_date.isoformat(),
+                    "early": early,
+                },
+                now=now,
             )
     except IntegrityError:
         raise SettlementError(

@@ -58,3 +58,29 @@ def test_requests_after_an_early_cutover_count_in_the_next_date(tmp_path: Path) 
             (100, today),
             (200, tomorrow),
         ]
+
+
+def test_cutover_is_an_outbox_event(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    with running_switch(config) as s:
+        assert (
+            main(
+                [
+                    "settle",
+                    "cutover",
+                    "--now",
+                    "--ledger-url",
+                    config.ledger_url,
+                    "--data-dir",
+                    str(tmp_path),
+                ]
+            )
+            == 0
+        )
+        with s.app.store.engine.connect() as connection:
+            rows = connection.execute(
+                select(schema.outbox.c.topic, schema.outbox.c.payload).where(
+                    schema.outbox.c.topic == "settlement/cutover"
+                )
+            ).all()
+    assert len(rows) == 1 and '"type": "cutover"' in rows[0].payload
