@@ -174,3 +174,64 @@ def test_argument_parsing() -> None:
         parse_target("localhost")
     with pytest.raises(ValueError):
         parse_fields("7,x")
+
+
+def test_replay_against_a_switch_with_a_changed_discount_rule_reports_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A hotel purchase recorded under HOTEL20 (20 %), replayed where the rule gives 10 %."""
+    trace_dir = tmp_path / "trace"
+    config = replace(
+        make_config(tmp_path / "recorded"),
+        trace=TraceConfig(enabled=True, directory=str(trace_dir)),
+    )
+    hotel = PosTerminal.demo("HNR00001")
+    with running_switch(config) as switch:
+
+        async def session() -> None:
+            client = await PosClient.connect(switch.host, switch.port)
+            try:
+                await client.request(
+                    hotel.purchase(pan="6362147682085715", pin="1234", amount=10_000_000)
+                )
+            finally:
+                await client.close()
+
+        asyncio.run(session())
+    (trace,) = sorted(trace_dir.glob("trace-*.jsonl"))
+    changed = make_config(tmp_path / "changed")
+    from sqlalchemy import update
+
+    from hsm_sim.hsm import Hsm
+    from hsm_sim.keys import Lmk
+    from ledger import demo, schema
+    from ledger.store import Store
+
+    store = Store(changed.ledger_url)
+    store.migrate()
+    demo.load_demo(store, Hsm(lmk=Lmk.test()))
+    with store.begin_write() as connection:
+        connection.execute(
+            update(schema.discount_rules)
+            .where(schema.discount_rules.c.code == "HOTEL20")
+            .values(percent=10)
+        )
+    store.close()
+    with running_switch(changed) as switch:
+        code = main(
+            [
+                "--log-level",
+                "WARNING",
+                "replay",
+                str(trace),
+                "--to",
+                f"{switch.host}:{switch.port}",
+                "--restamp",
+                "--fast",
+            ]
+        )
+    assert code == 1
+    out = capsys.readouterr().out
+    # 54: amount blocks (discount 1,000,000 instead of 2,000,000, charged 9,000,000)
+    assert "field 54: expected" in out
+    assert "000002000000" in out and "000001000000" in out
