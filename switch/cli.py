@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import importlib
 import pkgutil
 import sys
@@ -47,11 +48,22 @@ def _parser() -> argparse.ArgumentParser:
     for module_info in sorted(pkgutil.iter_modules(scripts.__path__), key=lambda m: m.name):
         if module_info.name.startswith("_"):
             continue
-        module = importlib.import_module(f"scripts.{module_info.name}")
+        try:
+            module = importlib.import_module(f"scripts.{module_info.name}")
+        except ImportError as error:
+            # One broken tool must not take `honar serve` down with it: its command says why.
+            broken = commands.add_parser(module_info.name, help=f"(unavailable: {error})")
+            broken.set_defaults(func=functools.partial(_unavailable, module_info.name, error))
+            continue
         register = getattr(module, "register", None)
         if register is not None:
             register(commands)
     return parser
+
+
+def _unavailable(name: str, error: ImportError, _args: argparse.Namespace) -> int:
+    print(f"honar {name}: this tool cannot be loaded: {error}", file=sys.stderr)
+    return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
