@@ -457,7 +457,9 @@ __all__ = [
     "PosClient",
     "PosTerminal",
     "TerminalProfile",
+    "add_connection_arguments",
     "build_tlv",
+    "card_expiry",
     "load_state",
     "save_state",
     "tlv_text",
@@ -505,7 +507,8 @@ def _amount_text(block: str) -> str:
     return f"{purse}/{AMOUNT_TYPES.get(kind, kind)}={'-' if sign == 'D' else ''}{amount:,}"
 
 
-def _card_expiry(pan: str, expiry: str | None) -> str:
+def card_expiry(pan: str, expiry: str | None) -> str:
+    """``expiry`` if given, else the demo card's expiry date for ``pan`` (ValueError if none)."""
     if expiry:
         return expiry
     for card in demo.CARDS:
@@ -514,9 +517,34 @@ def _card_expiry(pan: str, expiry: str | None) -> str:
     raise ValueError("give --expiry YYMM (the PAN is not a demo card)")
 
 
+def add_connection_arguments(
+    sub: Any, *, terminal: str | None = "HNR00004", dialect: str | None = "shetab87"
+) -> None:
+    """The options every ``honar pos`` command shares: terminal, address, framing, dialect,
+    response timeout and the terminal state file."""
+    shown = terminal or "the scenario's, else HNR00004"
+    sub.add_argument("--terminal", default=terminal, help=f"demo terminal id (default {shown})")
+    sub.add_argument("--host", default="127.0.0.1")
+    sub.add_argument("--port", type=int, default=8583)
+    sub.add_argument("--framing", default="ascii4", choices=["ascii4", "binary2"])
+    sub.add_argument("--dialect", default=dialect, choices=["shetab87", "shetab93"])
+    sub.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds to wait for an answer (default 10)"
+    )
+    sub.add_argument(
+        "--state",
+        default=str(DEFAULT_STATE),
+        help="terminal state file (working keys, STAN, KSN)",
+    )
+
+
 def register(commands: Any) -> None:
     """Add ``honar pos ...`` to the command line."""
-    pos = commands.add_parser("pos", help="POS simulator: send one message, print the answer")
+    from scripts.pos_scenario import add_pos_commands
+
+    pos = commands.add_parser(
+        "pos", help="POS simulator: one message, a scripted scenario or an interactive terminal"
+    )
     pos_commands = pos.add_subparsers(dest="pos_command", required=True)
     for name, text in (
         ("purchase", "0200 purchase"),
@@ -527,17 +555,7 @@ def register(commands: Any) -> None:
         ("keyexchange", "0800 key exchange"),
     ):
         sub = pos_commands.add_parser(name, help=text)
-        sub.add_argument("--terminal", default="HNR00004", help="demo terminal id")
-        sub.add_argument("--host", default="127.0.0.1")
-        sub.add_argument("--port", type=int, default=8583)
-        sub.add_argument("--framing", default="ascii4", choices=["ascii4", "binary2"])
-        sub.add_argument("--dialect", default="shetab87", choices=["shetab87", "shetab93"])
-        sub.add_argument("--timeout", type=float, default=10.0)
-        sub.add_argument(
-            "--state",
-            default=str(DEFAULT_STATE),
-            help="terminal state file (working keys, STAN, KSN)",
-        )
+        add_connection_arguments(sub)
         sub.add_argument("--tamper-mac", action="store_true", help="flip a bit of the MAC")
         if name in ("purchase", "balance"):
             sub.add_argument("--pan", required=True)
@@ -546,6 +564,7 @@ def register(commands: Any) -> None:
         if name == "purchase":
             sub.add_argument("--amount", type=int, required=True, help="IRR")
         sub.set_defaults(func=run_command)
+    add_pos_commands(pos_commands)
 
 
 async def run_command(args: Any) -> int:
@@ -557,7 +576,7 @@ async def run_command(args: Any) -> int:
     framing = Framing(args.framing)
     command = args.pos_command
     if command in ("purchase", "balance"):
-        expiry = _card_expiry(args.pan, args.expiry)
+        expiry = card_expiry(args.pan, args.expiry)
         if command == "purchase":
             payload = terminal.purchase(
                 pan=args.pan, pin=args.pin, amount=args.amount, expiry=expiry
