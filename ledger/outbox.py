@@ -13,7 +13,7 @@ topic                      written by                                 in the led
 =========================  =========================================  ==============================
 ``transactions/<kind>``    the authorization engine (every decision) yes
 ``holds/expired``          ``Store.expire_pending``                   yes
-``keys/exchange``          :class:`switch.publish.KeyExchangeEvents`  no: just after the 0810
+``keys/exchange``          ``Store.set_terminal_keys``                yes
 ``alerts/velocity``        :mod:`switch.velocity`                     no: no ledger effect
 ``disbursements/batch``    disbursement code (to come): use           must be
                            :func:`add_event` with this topic

@@ -879,14 +879,20 @@ class Store:
             ).all()
         return {row.code: row.account_id for row in rows}
 
-    def set_terminal_keys(self, tid: str, *, tpk: str, tak: str) -> None:
-        """Store new working keys (under the LMK) for a terminal."""
+    def set_terminal_keys(
+        self, tid: str, *, tpk: str, tak: str, event: Mapping[str, Any] | None = None,
+        now: str = "",
+    ) -> None:
+        """Store new working keys (under the LMK) for a terminal, and the ``keys/exchange``
+        event in the same transaction when one is given."""
         with self.begin_write() as connection:
             connection.execute(
                 update(schema.terminals)
                 .where(schema.terminals.c.id == tid)
                 .values(tpk=tpk, tak=tak)
             )
+            if event is not None:
+                self.add_event(connection, "keys/exchange", event, now=now)
 
     # --- administration: members, cards, settings ---------------------------------------------
 

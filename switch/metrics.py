@@ -37,7 +37,7 @@ from ledger.outbox import Outbox
 from ledger.store import Store
 from switch.config import Config
 from switch.hsm_port import HsmPort
-from switch.publish import KeyExchangeEvents, Publisher
+from switch.publish import Publisher
 from switch.velocity import OutboxEmitter, VelocityMonitor, VelocityObserver
 
 if TYPE_CHECKING:
@@ -252,7 +252,7 @@ class TimedHsmPort:
     """An :class:`switch.hsm_port.HsmPort` that times every call of the port it wraps.
 
     ``on_working_key`` (optional) hears every working key generated, with the TMK it was
-    generated under, for key-exchange events (:class:`switch.publish.KeyExchangeEvents`).
+    generated under.
     """
 
     def __init__(
@@ -347,7 +347,6 @@ class Observability:
         emitter: OutboxEmitter,
         publisher: Publisher,
         velocity: VelocityMonitor | None,
-        key_events: KeyExchangeEvents,
     ) -> None:
         self.config = config
         self.metrics = metrics
@@ -355,7 +354,6 @@ class Observability:
         self.emitter = emitter
         self.publisher = publisher
         self.velocity = velocity
-        self.key_events = key_events
         self.metrics_address: tuple[str, int] | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -389,18 +387,13 @@ def observe(
     lock = committer.write_lock if isinstance(committer, TimedGroupCommitter) else None
     outbox = Outbox(store.engine, lock)
     emitter = OutboxEmitter(outbox.write_events, clock=service.clock)
-    key_events = KeyExchangeEvents(
-        lambda tid: getattr(service.directory.terminal(tid), "tmk", None) or None,
-        emitter,
-        clock=service.clock,
-    )
-    service.hsm = TimedHsmPort(service.hsm, metrics, key_events.working_key)
+    # Key exchanges write their keys/exchange event with the new keys (Store.set_terminal_keys).
+    service.hsm = TimedHsmPort(service.hsm, metrics)
     server.handler = metrics.track_in_flight(server.handler)
     metrics.watch_connections(lambda: server.connection_count)
     metrics.watch_committer(committer)
     metrics.watch_outbox(outbox, service.clock)
     service.observers.append(metrics.observe)
-    service.observers.append(key_events)
     velocity = None
     if config.velocity.enabled:
         velocity = VelocityMonitor(config.velocity, clock=service.clock)
@@ -410,4 +403,4 @@ def observe(
             )
         )
     publisher = Publisher(outbox, config.events, metrics=metrics)
-    return Observability(config, metrics, outbox, emitter, publisher, velocity, key_events)
+    return Observability(config, metrics, outbox, emitter, publisher, velocity)

@@ -27,22 +27,19 @@ import logging
 import os
 import random
 import ssl
-from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import aiomqtt
 
-from hsm_sim.hsm import WorkingKey
-from ledger.outbox import TOPIC_KEYS_EXCHANGE, Outbox, OutboxRow, pan_shaped_fields
+from ledger.outbox import Outbox, OutboxRow, pan_shaped_fields
 from switch.config import EventsConfig
 
 if TYPE_CHECKING:
     from switch.metrics import Metrics
-    from switch.service import Decision
 
 log = logging.getLogger("honar.events")
 
@@ -235,60 +232,3 @@ def refuse(row: OutboxRow) -> bool:
 async def _wait(stop: asyncio.Event, timeout_s: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout_s)
-
-
-class KeyExchangeEvents:
-    """Writes a ``keys/exchange`` event for every approved working-key exchange (0800, 101).
-
-    The service does not tell observers which network code a request carried, so this joins two
-    sources: the HSM port reports each working key it generates with its TMK
-    (:meth:`working_key`), and the decision observer (:meth:`__call__`) sees an approved network
-    request from a terminal whose TMK just produced a TPK and a TAK. The event carries the key
-    check values only. It is written just after the 0810, in its own transaction, not in the one
-    that stored the new keys (that code is not ours to change): a crash between the two loses
-    the event, never the keys.
-    """
-
-    PENDING_MAX = 1000  # key exchanges awaiting their decision; the oldest forgotten beyond
-
-    def __init__(
-        self,
-        terminal_tmk: Callable[[str], str | None],
-        emit: Callable[[str, Mapping[str, Any]], None],
-        *,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-    ) -> None:
-        self.terminal_tmk = terminal_tmk
-        self.emit = emit
-        self.clock = clock
-        self._pending: OrderedDict[str, dict[str, str]] = OrderedDict()
-
-    def working_key(self, tmk_lmk: str, key_type: str, key: WorkingKey) -> None:
-        """HSM hook: a working key of ``key_type`` (002 TPK, 003 TAK) was made under a TMK."""
-        self._pending.setdefault(tmk_lmk, {})[key_type] = key.kcv
-        self._pending.move_to_end(tmk_lmk)
-        while len(self._pending) > self.PENDING_MAX:
-            self._pending.popitem(last=False)
-
-    def __call__(self, decision: Decision) -> None:
-        """Decision observer: emit the event when this answer completed a key exchange."""
-        if decision.kind != "network" or decision.response_code != "00" or not self._pending:
-            return
-        tmk = self.terminal_tmk(decision.tid)
-        kcvs = self._pending.get(tmk) if tmk else None
-        if tmk is None or kcvs is None or not {"002", "003"} <= kcvs.keys():
-            return
-        del self._pending[tmk]
-        self.emit(
-            TOPIC_KEYS_EXCHANGE,
-            {
-                "type": "key_exchange",
-                "time": self.clock().isoformat(),
-                "terminal_id": decision.tid,
-                "stan": decision.stan,
-                "mti": decision.mti,
-                "response_code": decision.response_code,
-                "tpk_kcv": kcvs["002"],
-                "tak_kcv": kcvs["003"],
-            },
-        )

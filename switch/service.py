@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import hashlib
 import logging
 import time
 from collections import OrderedDict
@@ -365,10 +366,25 @@ class Service:
         tpk = await self.hsm.generate_working_key(terminal.tmk, "002")
         tak = await self.hsm.generate_working_key(terminal.tmk, "003")
         loop = asyncio.get_running_loop()
+        now = self.clock().isoformat()
+        event = {
+            "event_id": hashlib.sha256(
+                f"{terminal.id}|{request.stan}|{request.transmission}".encode()
+            ).hexdigest()[:32],
+            "type": "key_exchange",
+            "time": now,
+            "terminal_id": terminal.id,
+            "stan": request.stan,
+            "mti": request.mti,
+            "response_code": "00",
+            "tpk_kcv": tpk.kcv,
+            "tak_kcv": tak.kcv,
+        }
         await loop.run_in_executor(
             None,
             functools.partial(
-                self.store.set_terminal_keys, terminal.id, tpk=tpk.under_lmk, tak=tak.under_lmk
+                self.store.set_terminal_keys, terminal.id, tpk=tpk.under_lmk,
+                tak=tak.under_lmk, event=event, now=now,
             ),
         )
         # The 0810 itself is MACed with the TAK the request used; the new keys are in force
