@@ -180,6 +180,7 @@ def build_app(config: Config, *, hsm_port: HsmPort | None = None) -> App:
         rules=load_rules(store),
         program_accounts=store.program_accounts(),
         hold_period_s=s.hold_period_s,
+        card_cache_max=s.card_cache_max,
     )
     limits = ServerLimits(
         frame_size_max=s.frame_size_max,

@@ -44,6 +44,7 @@ class SwitchConfig:
     tls_key_file: str = ""
     tls_client_ca_file: str = ""  # when set, terminals must present a certificate it signed
     allowed_networks: tuple[str, ...] = ()  # CIDRs terminals may connect from; empty: any
+    card_cache_max: int = 100_000  # cards kept by keyed PAN hash for PIN checks (LRU)
     hold_period_s: int = 7 * 24 * 3600  # a pre-authorization not completed by then is released
     hold_sweep_interval_s: float = 60.0  # how often expired holds are looked for
 
@@ -151,6 +152,7 @@ _POSITIVE = {
     "graceful_timeout_s",
     "batch_max",
     "hold_period_s",
+    "card_cache_max",
     "hold_sweep_interval_s",
     "timeout_s",
     "pool_size",

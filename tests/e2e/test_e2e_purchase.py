@@ -183,3 +183,43 @@ def test_binary2_framing(tmp_path: Path) -> None:  # one dialect is enough here
         payload = t.purchase(pan=M0002[0], pin=M0002[1], amount=1)
         (raw,) = talk(s.host, s.port, [payload], framing=Framing.BINARY2)
         assert decode(raw, DIALECT).get(39) == "00"
+
+
+def test_card_cache_is_bounded(tmp_path: Path) -> None:
+    with running_switch(make_config(tmp_path, card_cache_max=1)) as s:
+        t = PosTerminal.demo("HNR00004")
+        for pan, pin in (M0002, ("6362144899564327", "9876"), M0002):
+            response, _ = ask(t, s.host, s.port, t.purchase(pan=pan, pin=pin, amount=10))
+            assert response.get(39) == "00"
+        assert len(s.app.service._cards) == 1
+
+
+def test_a_pin_change_after_the_card_was_cached_is_seen(tmp_path: Path) -> None:
+    """The card cache holds the PVV used for PIN checks; a changed PVV is detected inside the
+    ledger transaction and the PIN is verified again with the fresh card."""
+    from sqlalchemy import update
+
+    from ledger import schema
+
+    with running_switch(make_config(tmp_path)) as s:
+        t = PosTerminal.demo("HNR00004")
+        assert (
+            ask(t, s.host, s.port, t.purchase(pan=M0002[0], pin=M0002[1], amount=10))[0].get(39)
+            == "00"
+        )  # the card is cached now
+        store, hsm = s.app.store, s.app.hsm
+        pvk = store.setting("pvk")
+        assert pvk is not None
+        new_pvv = hsm.generate_pvv(pvk, M0002[0], "7777", 1)
+        with store.begin_write() as connection:
+            connection.execute(
+                update(schema.cards).where(schema.cards.c.member_id == "M0002").values(pvv=new_pvv)
+            )
+        assert (
+            ask(t, s.host, s.port, t.purchase(pan=M0002[0], pin="7777", amount=10))[0].get(39)
+            == "00"
+        )
+        assert (
+            ask(t, s.host, s.port, t.purchase(pan=M0002[0], pin=M0002[1], amount=10))[0].get(39)
+            == "55"
+        )
