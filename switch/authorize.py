@@ -24,7 +24,7 @@ import enum
 from dataclasses import dataclass
 from datetime import date
 
-from ledger.domain import CardSnapshot, Outcome, Purse
+from ledger.domain import CardSnapshot, Purse
 from switch.requests import FinancialRequest
 
 CURRENCY = "364"
@@ -144,20 +144,6 @@ def draw(
 def purses_text(parts: list[tuple[str, int]]) -> str:
     """Purses used as in the settlement files: ``GN:800000;TR:200000``."""
     return ";".join(f"{code}:{amount}" for code, amount in parts)
-
-
-def decide_balance(
-    request: FinancialRequest, snapshot: CardSnapshot | None, *, pin: PinResult, today: date
-) -> Outcome:
-    """Decide a balance inquiry (0200, processing code 310000): balances in field 54."""
-    verdict = check_card(request, snapshot, pin, today)
-    if verdict.response_code is not None or snapshot is None:
-        return Outcome(verdict.response_code or "14", pin_failures=verdict.pin_failures)
-    return Outcome(
-        "00",
-        response_fields={54: balance_blocks(snapshot, today)},
-        pin_failures=verdict.pin_failures,
-    )
 
 
 def balance_blocks(snapshot: CardSnapshot, today: date) -> str:
