@@ -83,10 +83,22 @@ def running_switch(config: Config, *, hsm_port: HsmPort | None = None) -> Iterat
         yield running
         running.shutdown()
     finally:
+        # Let every task still on the loop finish its own clean-up now, while this test's log
+        # capture is open, rather than when the loop is garbage-collected later.
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(_cancel_tasks(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         app.close()
         loop.close()
+
+
+async def _cancel_tasks() -> None:
+    current = asyncio.current_task()
+    tasks = [task for task in asyncio.all_tasks() if task is not current]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def make_config(tmp_path: Path, ledger_url: str = "", **switch: object) -> Config:
