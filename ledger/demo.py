@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ledger import schema
+from ledger.domain import mask_pan
 from ledger.model import AccountFlags, Transfer, TransferCode, TransferStatus
 from ledger.store import Store
 
@@ -142,11 +143,6 @@ def purse_account_code(member_id: str, purse: str) -> str:
 def merchant_account_code(merchant_id: str) -> str:
     """Account code of a merchant's payable account."""
     return f"merchant:{merchant_id}:payable"
-
-
-def mask_pan(pan: str) -> str:
-    """First 6 and last 4 digits, the rest ``*``."""
-    return pan[:6] + "*" * (len(pan) - 10) + pan[-4:]
 
 
 def load_demo(store: Store, hsm: IssuingHsm) -> None:

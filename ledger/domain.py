@@ -18,6 +18,18 @@ from ledger.model import Account, TransferCode, TransferFlags
 CURRENCY_IRR = 364
 
 
+def mask_pan(pan: str) -> str:
+    """A PAN as it may be shown anywhere: first 6 and last 4 digits, the rest ``*`` (a value
+    too short to keep 10 digits is all ``*``).
+
+    >>> mask_pan("6362144899564327")
+    '636214******4327'
+    """
+    if len(pan) <= 10:
+        return "*" * len(pan)
+    return pan[:6] + "*" * (len(pan) - 10) + pan[-4:]
+
+
 @dataclass(frozen=True, slots=True)
 class CardRecord:
     """A card as the ledger holds it (never the clear PAN)."""

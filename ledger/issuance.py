@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Protocol
 
-from ledger.demo import LIMITS_DEFAULT, mask_pan
-from ledger.domain import CardRecord
+from ledger.demo import LIMITS_DEFAULT
+from ledger.domain import CardRecord, mask_pan
 from ledger.store import LedgerError, NewCard, Store
 
 BIN = "636214"

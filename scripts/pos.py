@@ -34,6 +34,7 @@ from hsm_sim.dukpt import (
 from hsm_sim.mac import generate_mac_iso9797_1_alg_3
 from hsm_sim.pinblock import encode_pinblock_iso_0
 from ledger import demo
+from ledger.domain import mask_pan
 from switch.codec import Message, decode, encode, encode_for_mac, mac_input
 from switch.dialects import Dialect, get_dialect
 from switch.dialects.base import Framing
@@ -475,7 +476,7 @@ def render(message: Message, mac_ok: bool | None, dialect: Dialect) -> str:
         spec = dialect.by_number[number]
         value = message.fields[number]
         if number == 2:
-            value = value[:6] + "*" * (len(value) - 10) + value[-4:]
+            value = mask_pan(value)
         elif number == 35:
             value = "(track 2 withheld)"
         elif number == 52:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
+from ledger.domain import mask_pan
 from switch.codec import CodecError, Message, decode, encode
 from switch.dialects import Dialect, get_dialect
 from switch.requests import build_tlv, parse_tlv
@@ -29,17 +30,6 @@ from switch.trace import TraceRecord, iter_trace
 
 PIN_BLOCK_ZERO = "00" * 8
 WITHHELD = {35: "(track 2 withheld)", 52: "(PIN block withheld)"}
-
-
-def mask_pan(pan: str) -> str:
-    """Digits 7 to n-4 of a PAN replaced by ``*``.
-
-    >>> mask_pan("6362144899564327")
-    '636214******4327'
-    """
-    if len(pan) <= 10:
-        return "*" * len(pan)
-    return pan[:6] + "*" * (len(pan) - 10) + pan[-4:]
 
 
 def track2_pan(track2: str) -> str:

@@ -42,6 +42,7 @@ from ledger.domain import (
     LedgerView,
     Outcome,
     TransactionKey,
+    mask_pan,
 )
 from ledger.store import LedgerError, Store
 from merchants.directory import Directory, Merchant, Terminal
@@ -210,7 +211,7 @@ class Service:
                 "mti": message.mti,
                 "tid": terminal.id,
                 "stan": request.stan,
-                "pan": pan[:6] + "*" * max(len(pan) - 10, 0) + pan[-4:] if pan else None,
+                "pan": mask_pan(pan) if pan else None,
                 "response_code": code,
                 "elapsed_ms": round((time.perf_counter() - started) * 1000, 3),
             },
@@ -310,7 +311,7 @@ class Service:
             request_digest=digest,
             card_id=card_id,
             merchant_id=merchant.id,
-            pan_masked=None if pan is None else pan[:6] + "*" * (len(pan) - 10) + pan[-4:],
+            pan_masked=None if pan is None else mask_pan(pan),
             business_date=today.isoformat(),
             now=now.isoformat(),
             decide=functools.partial(

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from ledger.domain import mask_pan
 from ledger.outbox import TOPIC_ALERTS_VELOCITY
 from switch.config import VelocityConfig
 
@@ -42,15 +43,6 @@ HOUR_S = 3600.0
 BUCKET_S = 60.0
 
 Emit = Callable[[str, Mapping[str, Any]], None]
-
-
-def mask_pan(pan: str) -> str:
-    """First 6 and last 4 digits, the rest ``*``.
-
-    >>> mask_pan("6362144899564327")
-    '636214******4327'
-    """
-    return pan[:6] + "*" * max(len(pan) - 10, 0) + pan[-4:]
 
 
 @dataclass
