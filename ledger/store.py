@@ -45,7 +45,6 @@ from ledger import schema
 from ledger.domain import (
     AuthorizationJob,
     CardRecord,
-    CardSnapshot,
     JobResult,
     Posting,
     Purse,
@@ -805,19 +804,6 @@ class Store:
             card_id=row.card_id,
         )
 
-    def card_snapshot(
-        self, connection: Connection, card_id: int, *, lock: bool
-    ) -> CardSnapshot | None:
-        """The card and its member's purses (accounts locked on PostgreSQL when ``lock``)."""
-        query = select(schema.cards).where(schema.cards.c.id == card_id)
-        if lock and not self.is_sqlite:
-            query = query.with_for_update()
-        row = connection.execute(query).one_or_none()
-        if row is None:
-            return None
-        card = _card(row)
-        return CardSnapshot(card=card, purses=self._purses(connection, card.member_id, lock=lock))
-
     def _purses(self, connection: Connection, member_id: str, *, lock: bool) -> tuple[Purse, ...]:
         p, k = schema.purses.c, schema.purse_kinds.c
         purse_rows = connection.execute(
@@ -841,11 +827,6 @@ class Store:
             )
             for r in purse_rows
         )
-
-    def snapshot(self, card_id: int) -> CardSnapshot | None:
-        """A card snapshot outside any authorization (for tools and tests)."""
-        with self.engine.connect() as connection:
-            return self.card_snapshot(connection, card_id, lock=False)
 
     def terminals(self) -> list[TerminalRecord]:
         """All terminals."""
@@ -1345,27 +1326,13 @@ class Store:
 
 
 class _View:
-    """:class:`ledger.domain.LedgerView` over one connection, for one job."""
-
-    @property
-    def business_date(self) -> str:
-        return self._job.business_date
+    """The SQL reads the engine's working set does not hold (originals by key, RRN or id, their
+    postings and children, rule uses, terminal totals), on the batch's own connection."""
 
     def __init__(self, store: Store, connection: Connection, job: AuthorizationJob) -> None:
         self._store = store
         self._connection = connection
         self._job = job
-        self.loaded_snapshot: CardSnapshot | None = None
-        self._loaded = False
-
-    @property
-    def snapshot(self) -> CardSnapshot | None:
-        if not self._loaded and self._job.card_id is not None:
-            self.loaded_snapshot = self._store.card_snapshot(
-                self._connection, self._job.card_id, lock=True
-            )
-        self._loaded = True
-        return self.loaded_snapshot
 
     def transaction_by_key(self, key: TransactionKey) -> TransactionRecord | None:
         t = schema.transactions.c
@@ -1392,22 +1359,6 @@ class _View:
         return self._store.transaction_record(
             self._connection, schema.transactions.c.id == transaction_id, lock=True
         )
-
-    def card_day_totals(self, card_id: int, business_date: str) -> tuple[int, int]:
-        t = schema.transactions.c
-        row = self._connection.execute(
-            select(
-                func.coalesce(func.sum(t.amount - t.reversed_amount), 0),
-                func.count(),
-            ).where(
-                t.card_id == card_id,
-                t.business_date == business_date,
-                t.response_code == "00",
-                t.kind.in_(("purchase", "completion")),
-                t.reversed_amount < t.amount,
-            )
-        ).one()
-        return int(row[0]), int(row[1])
 
     def rule_uses(self, member_id: str, rule: str, since: str) -> int:
         t = schema.transactions.c
@@ -1447,17 +1398,6 @@ class _View:
         ).all()
         found = (self.transaction_by_id(i) for i in ids)
         return tuple(r for r in found if r is not None)
-
-    def tombstoned(self, key: TransactionKey) -> bool:
-        t = schema.tombstones.c
-        return (
-            self._connection.execute(
-                select(t.reversal_id).where(
-                    t.tid == key.tid, t.stan == key.stan, t.transmission == key.transmission
-                )
-            ).first()
-            is not None
-        )
 
     def postings_of(self, transaction_id: int) -> tuple[Posting, ...]:
         rows = self._connection.execute(
