@@ -11,6 +11,9 @@ key means single DES and a 16-byte key means two-key TDES. Both are expanded to 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.cmac import CMAC
@@ -42,9 +45,55 @@ def xor(left: bytes, right: bytes) -> bytes:
     >>> xor(b"\\x0f\\xf0", b"\\xff\\xff").hex()
     'f00f'
     """
-    if len(left) != len(right):
-        raise ValueError(f"xor of unequal lengths: {len(left)} and {len(right)} bytes")
-    return bytes(a ^ b for a, b in zip(left, right, strict=True))
+    size = len(left)
+    if size != len(right):
+        raise ValueError(f"xor of unequal lengths: {size} and {len(right)} bytes")
+    return (int.from_bytes(left) ^ int.from_bytes(right)).to_bytes(size)
+
+
+CONTEXT_POOL_MAX = 4_096  # cipher contexts kept per pool (one per key in use); cleared when full
+
+
+class _ContextPool:
+    """Cipher contexts kept per key, so that a key in constant use (a terminal's TAK, the
+    issuer's PVK) does not pay for building a `cryptography` context on every call (about
+    three quarters of a small encryption's cost).
+
+    A context is *taken* out of the pool while it is used and given back after, so two
+    callers never share one: ``dict.pop`` is atomic, and a caller that finds none builds its
+    own. Only ECB contexts and CBC encryptors whose chaining value is tracked are pooled (see
+    :func:`encrypt_tdes_cbc`); no context is ever finalized while pooled.
+    """
+
+    def __init__(self, make: Callable[[bytes], Any]) -> None:
+        self._make = make
+        self._free: dict[bytes, Any] = {}
+
+    def take(self, key: bytes) -> Any:
+        """A context for ``key``: a pooled one, or a new one."""
+        context = self._free.pop(key, None)
+        return self._make(key) if context is None else context
+
+    def give(self, key: bytes, context: Any) -> None:
+        """Return a context taken with :meth:`take`."""
+        if len(self._free) >= CONTEXT_POOL_MAX:
+            self._free.clear()
+        self._free[key] = context
+
+
+_TDES_ECB_ENCRYPT = _ContextPool(
+    lambda key: Cipher(TripleDES(tdes_key_24(key)), modes.ECB()).encryptor()
+)
+_TDES_ECB_DECRYPT = _ContextPool(
+    lambda key: Cipher(TripleDES(tdes_key_24(key)), modes.ECB()).decryptor()
+)
+# CBC encryptors pooled with their current chaining value (the last ciphertext block).
+_TDES_CBC_ENCRYPT = _ContextPool(
+    lambda key: (
+        Cipher(TripleDES(tdes_key_24(key)), modes.CBC(bytes(DES_BLOCK_SIZE))).encryptor(),
+        bytes(DES_BLOCK_SIZE),
+    )
+)
 
 
 def tdes_key_24(key: bytes) -> bytes:
@@ -77,23 +126,38 @@ def _check_iv(iv: bytes, block_size: int) -> None:
 def encrypt_tdes_ecb(key: bytes, data: bytes) -> bytes:
     """Encrypt whole 8-byte blocks with DES/TDES in ECB mode."""
     _check_blocks(data, DES_BLOCK_SIZE)
-    encryptor = Cipher(TripleDES(tdes_key_24(key)), modes.ECB()).encryptor()
-    return encryptor.update(data) + encryptor.finalize()
+    encryptor = _TDES_ECB_ENCRYPT.take(key)
+    out: bytes = encryptor.update(data)  # whole blocks: ECB holds nothing back
+    _TDES_ECB_ENCRYPT.give(key, encryptor)
+    return out
 
 
 def decrypt_tdes_ecb(key: bytes, data: bytes) -> bytes:
     """Decrypt whole 8-byte blocks with DES/TDES in ECB mode."""
     _check_blocks(data, DES_BLOCK_SIZE)
-    decryptor = Cipher(TripleDES(tdes_key_24(key)), modes.ECB()).decryptor()
-    return decryptor.update(data) + decryptor.finalize()
+    decryptor = _TDES_ECB_DECRYPT.take(key)
+    out: bytes = decryptor.update(data)
+    _TDES_ECB_DECRYPT.give(key, decryptor)
+    return out
 
 
 def encrypt_tdes_cbc(key: bytes, iv: bytes, data: bytes) -> bytes:
-    """Encrypt whole 8-byte blocks with DES/TDES in CBC mode (no padding)."""
+    """Encrypt whole 8-byte blocks with DES/TDES in CBC mode (no padding).
+
+    A pooled CBC encryptor carries on from its last ciphertext block ``chain``. CBC encrypts
+    the first block as E(P1 xor IV); fed P1 xor IV xor chain, the running encryptor computes
+    E(P1 xor IV xor chain xor chain) = E(P1 xor IV): the same output as a fresh context
+    started with ``iv``, without building one.
+    """
     _check_blocks(data, DES_BLOCK_SIZE)
     _check_iv(iv, DES_BLOCK_SIZE)
-    encryptor = Cipher(TripleDES(tdes_key_24(key)), modes.CBC(iv)).encryptor()
-    return encryptor.update(data) + encryptor.finalize()
+    if not data:
+        return b""
+    encryptor, chain = _TDES_CBC_ENCRYPT.take(key)
+    first = xor(xor(data[:DES_BLOCK_SIZE], iv), chain)
+    out: bytes = encryptor.update(first + data[DES_BLOCK_SIZE:])
+    _TDES_CBC_ENCRYPT.give(key, (encryptor, out[-DES_BLOCK_SIZE:]))
+    return out
 
 
 def decrypt_tdes_cbc(key: bytes, iv: bytes, data: bytes) -> bytes:
