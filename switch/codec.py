@@ -99,6 +99,14 @@ def check_field(spec: FieldSpec, value: str) -> str | None:
 def decode(raw: bytes, dialect: Dialect) -> Message:
     """Decode one framed-off message. Raises :class:`CodecError` with field context."""
     raw = bytes(raw)
+    fast = _decode_fast(raw, _table_of(dialect))
+    if fast is not None:
+        return fast
+    return _decode_checked(raw, dialect)
+
+
+def _decode_checked(raw: bytes, dialect: Dialect) -> Message:
+    """pyiso8583's decode plus the dialect's checks: the reference, and every error's source."""
     _check_bitmaps(raw, dialect)
     try:
         doc_dec, doc_enc = iso8583.decode(raw, dialect.pyiso_spec)
@@ -191,6 +199,14 @@ def _check_bitmaps(raw: bytes, dialect: Dialect) -> None:
 
 def encode(message: Message, dialect: Dialect) -> bytes:
     """Encode a message. Raises :class:`CodecError` when a field breaks the dialect."""
+    fast = _encode_fast(message, _table_of(dialect))
+    if fast is not None:
+        return fast
+    return _encode_checked(message, dialect)
+
+
+def _encode_checked(message: Message, dialect: Dialect) -> bytes:
+    """pyiso8583's encode after the dialect's checks: the reference, and every error's source."""
     if not (len(message.mti) == 4 and message.mti.isdigit()):
         raise CodecError("MTI must be 4 digits", field="t")
     doc: dict[str, Any] = {"t": message.mti}
@@ -247,3 +263,143 @@ def mac_input(raw: bytes, message: Message) -> bytes | None:
     if not message.has(expected):
         return None
     return bytes(raw[:-8])
+
+
+# --- the fast path ----------------------------------------------------------------------------
+#
+# Decoding and encoding were more than half of the switch's own CPU per purchase (profiled:
+# docs/benchmarks.md). The dialects use one simple layout (ASCII MTI, bitmaps as 16 uppercase
+# hex characters, ASCII fields or raw bytes, ASCII length prefixes), so each dialect's field
+# table is compiled once into tuples and read with bytes operations that run in C.
+#
+# The fast path only ever answers for a message that is valid in every respect; at the first
+# irregularity it gives up (None) and the checked path above (pyiso8583 plus the dialect's
+# checks) decodes or encodes again and raises the precise CodecError. pyiso8583 therefore stays
+# the reference: tests/switch/test_switch_codec_fast.py checks that both paths agree on valid
+# messages and on mutated ones, for every dialect.
+
+_HEX_BYTES = b"0123456789ABCDEF"
+_ALLOWED_BYTES = {
+    fmt: bytes(sorted(ord(c) for c in allowed)) for fmt, allowed in _ALLOWED.items()
+}
+
+# number -> (is binary, prefix digits, maximum or exact length, allowed bytes or b"" for "n")
+_Compiled = dict[int, tuple[bool, int, int, bytes]]
+_TABLES: dict[int, tuple[Dialect, _Compiled]] = {}
+
+
+def _table_of(dialect: Dialect) -> _Compiled:
+    found = _TABLES.get(id(dialect))
+    if found is not None and found[0] is dialect:
+        return found[1]
+    table: _Compiled = {
+        spec.number: (
+            spec.format == "b",
+            spec.prefix_digits,
+            spec.length_max,
+            b"" if spec.format in ("b", "n") else _ALLOWED_BYTES[spec.format],
+        )
+        for spec in dialect.fields
+        if 2 <= spec.number <= 128 and spec.number != 65  # bitmaps are not data fields
+    }
+    _TABLES[id(dialect)] = (dialect, table)
+    return table
+
+
+def _decode_fast(raw: bytes, table: _Compiled) -> Message | None:
+    """The message, or None when anything about it is not plainly valid."""
+    size = len(raw)
+    mti = raw[:4]
+    primary = raw[4:20]
+    if size < 20 or not mti.isdigit() or primary.strip(_HEX_BYTES):
+        return None
+    bitmap = int(primary, 16)
+    bits = 64
+    position = 20
+    if bitmap >> 63:
+        secondary = raw[20:36]
+        if len(secondary) < 16 or secondary.strip(_HEX_BYTES):
+            return None
+        low = int(secondary, 16)
+        if low == 0 or low >> 63:  # an empty secondary bitmap, or a tertiary one
+            return None
+        bitmap = (bitmap << 64 | low) & ~(1 << 127)
+        bits = 128
+        position = 36
+    fields: dict[int, str] = {}
+    remaining = bitmap
+    while remaining:
+        top = remaining.bit_length()
+        remaining ^= 1 << (top - 1)
+        number = bits - top + 1
+        spec = table.get(number)
+        if spec is None:
+            return None
+        binary, prefix, length_max, allowed = spec
+        if prefix:
+            digits = raw[position : position + prefix]
+            if len(digits) != prefix or not digits.isdigit():
+                return None
+            length = int(digits)
+            if length > length_max:
+                return None
+            position += prefix
+        else:
+            length = length_max
+        data = raw[position : position + length]
+        if len(data) != length:
+            return None
+        position += length
+        if binary:
+            fields[number] = data.hex().upper()
+        else:
+            if allowed:
+                if data.strip(allowed):
+                    return None
+            elif data and not data.isdigit():
+                return None
+            fields[number] = data.decode("ascii")
+    if position != size:
+        return None
+    return Message(mti.decode("ascii"), fields)
+
+
+def _encode_fast(message: Message, table: _Compiled) -> bytes | None:
+    """The encoded message, or None when anything about it is not plainly valid."""
+    mti = message.mti
+    if len(mti) != 4 or not (mti.isascii() and mti.isdigit()):
+        return None
+    bitmap = 0
+    parts: list[bytes] = []
+    for number in sorted(message.fields):
+        spec = table.get(number)
+        if spec is None:
+            return None
+        binary, prefix, length_max, allowed = spec
+        value = message.fields[number]
+        if not value.isascii():
+            return None
+        data = value.encode("ascii")
+        if binary:
+            if len(data) % 2 or data.strip(_HEX_BYTES):
+                return None
+            data = bytes.fromhex(value)
+        elif allowed:
+            if data.strip(allowed):
+                return None
+        elif data and not data.isdigit():
+            return None
+        length = len(data)
+        if prefix:
+            if length > length_max:
+                return None
+            parts.append(b"%0*d" % (prefix, length))
+        elif length != length_max:
+            return None
+        parts.append(data)
+        bitmap |= 1 << (128 - number)
+    if bitmap & ((1 << 64) - 1):  # some field 65-128: the secondary bitmap, announced by bit 1
+        head = b"%016X%016X" % (bitmap >> 64 | 1 << 63, bitmap & ((1 << 64) - 1))
+    else:
+        head = b"%016X" % (bitmap >> 64)
+    return mti.encode("ascii") + head + b"".join(parts)
