@@ -14,6 +14,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+PAN_LENGTH_MIN = 13  # the shortest PAN _PAN matches: 6 + 3 + 4 digits
 _PAN = re.compile(r"(?<!\d)(\d{6})(\d{3,9})(\d{4})(?!\d)")
 _SECRET_NAMES = ("pin", "key", "cvv", "track", "tpk", "tak", "tmk", "bdk", "lmk")
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
@@ -28,11 +29,20 @@ def mask_pans(text: str) -> str:
     >>> mask_pans("card 6362149173324546 ok")
     'card 636214******4546 ok'
     """
-    return _PAN.sub(lambda m: m.group(1) + "*" * len(m.group(2)) + m.group(3), text)
+    if len(text) < PAN_LENGTH_MIN:  # most fields (ids, codes) are too short to hold a PAN
+        return text
+    return _PAN.sub(_mask_match, text)
+
+
+def _mask_match(match: re.Match[str]) -> str:
+    return match.group(1) + "*" * len(match.group(2)) + match.group(3)
 
 
 def _masked(value: Any) -> Any:
     """A log field value with PANs masked, whatever its type (nested values become text)."""
+    kind = type(value)
+    if kind is str:  # the commonest, first
+        return mask_pans(value)
     if value is None or isinstance(value, bool | float):
         return value
     if isinstance(value, int):
@@ -42,8 +52,23 @@ def _masked(value: Any) -> Any:
     return mask_pans(json.dumps(value, default=str, ensure_ascii=False))
 
 
+def _is_secret(name: str) -> bool:
+    lowered = name.lower()
+    return any(secret in lowered for secret in _SECRET_NAMES)
+
+
+# One encoder for every line: json.dumps with options builds a new encoder per call.
+_ENCODER = json.JSONEncoder(default=str, ensure_ascii=False)
+
+
 class JsonFormatter(logging.Formatter):
     """Render a record as one JSON line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # extra field name -> written or not (a secret-looking name is dropped); the names
+        # are the code's own, so the table stays small
+        self._kept: dict[str, bool] = {}
 
     def format(self, record: logging.LogRecord) -> str:
         """See :class:`logging.Formatter`."""
@@ -53,19 +78,27 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": mask_pans(record.getMessage()),
         }
-        for name, value in vars(record).items():
-            if name in _STANDARD or name.startswith("_"):
-                continue
-            if any(secret in name.lower() for secret in _SECRET_NAMES):
-                continue
-            entry[name] = _masked(value)
+        fields = vars(record)
+        kept = self._kept
+        for name in [n for n in fields if n not in _STANDARD]:  # in the order given
+            keep = kept.get(name)
+            if keep is None:
+                keep = kept[name] = not (name.startswith("_") or _is_secret(name))
+            if keep:
+                entry[name] = _masked(fields[name])
         if record.exc_info:
             entry["exc"] = mask_pans(self.formatException(record.exc_info))
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        return _ENCODER.encode(entry)
 
 
 def setup_logging(level: str = "INFO") -> None:
     """Send JSON log lines to stderr."""
+    # Nothing in a line needs the caller's file and line, thread or process names: skip
+    # looking them up for every record (the logging HOWTO's "Optimization" section).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()

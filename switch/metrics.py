@@ -121,13 +121,26 @@ class Metrics:
             "honar_velocity_alerts", "Velocity alerts raised, by rule.", ["rule"], registry=r
         )
         self._http: Any = None
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
     # --- sources -----------------------------------------------------------------------------
 
+    def child(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)``, looked up once: ``labels`` costs more than the count.
+
+        Label values here are the switch's own (MTIs it answers, its response codes, flow
+        kinds, HSM command names, rule names), so the table stays small.
+        """
+        key = (id(metric), values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
+
     def observe(self, decision: Decision) -> None:
         """Decision observer: count the request and its latency."""
-        self.requests.labels(decision.mti, decision.response_code).inc()
-        self.request_latency.labels(decision.kind).observe(decision.elapsed_s)
+        self.child(self.requests, decision.mti, decision.response_code).inc()
+        self.child(self.request_latency, decision.kind).observe(decision.elapsed_s)
 
     def track_in_flight(
         self, handler: Callable[[bytes, str], Awaitable[bytes | None]]
@@ -270,10 +283,11 @@ class TimedHsmPort:
         try:
             return await call
         except Exception:
-            self.metrics.hsm_errors.labels(command).inc()
+            self.metrics.child(self.metrics.hsm_errors, command).inc()
             raise
         finally:
-            self.metrics.hsm_latency.labels(command).observe(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            self.metrics.child(self.metrics.hsm_latency, command).observe(elapsed)
 
     async def verify_mac(self, tak_lmk: str, data: bytes, mac: bytes) -> bool:
         """See :meth:`HsmPort.verify_mac`."""
@@ -399,7 +413,7 @@ def observe(
         velocity = VelocityMonitor(config.velocity, clock=service.clock)
         service.observers.append(
             VelocityObserver(
-                velocity, emitter, lambda rule: metrics.velocity_alerts.labels(rule).inc()
+                velocity, emitter, lambda rule: metrics.child(metrics.velocity_alerts, rule).inc()
             )
         )
     publisher = Publisher(outbox, config.events, metrics=metrics)
