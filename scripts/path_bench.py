@@ -63,7 +63,7 @@ def run(count: int, in_flight: int, warmup: int, log_level: str) -> dict[str, An
     from switch.app import build_app
     from switch.logs import setup_logging
 
-    setup_logging(log_level)
+    setup_logging(log_level, buffered=True)  # as the server does
     # the log lines are part of the cost; where they go is not
     logging.getLogger().handlers[0].stream = open(os.devnull, "w")  # type: ignore[attr-defined]  # noqa: SIM115
     with tempfile.TemporaryDirectory(prefix="honar-path-") as directory:

@@ -28,6 +28,7 @@ from switch.config import Config
 from switch.dialects import get_dialect
 from switch.dialects.base import Framing
 from switch.hsm_port import HsmPort, InProcessHsmPort
+from switch.logs import LOG_FLUSH_INTERVAL_S, flush_logs
 from switch.metrics import Metrics, Observability, TimedGroupCommitter, observe
 from switch.server import ServerLimits, SwitchServer
 from switch.service import Service
@@ -78,6 +79,14 @@ def load_rules(store: Store) -> tuple[DiscountRule, ...]:
 
 def _set(value: str) -> frozenset[str]:
     return frozenset(v for v in value.split(",") if v)
+
+
+async def flush_logs_until(stop: asyncio.Event) -> None:
+    """Write buffered log lines every LOG_FLUSH_INTERVAL_S, so a quiet switch holds none back."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), LOG_FLUSH_INTERVAL_S)
+        flush_logs()
 
 
 async def sweep_expired_holds(app: App, stop: asyncio.Event) -> None:
@@ -236,10 +245,12 @@ async def serve(
         if on_ready is not None:
             on_ready(host, port)
         sweeper = asyncio.create_task(sweep_expired_holds(app, stop))
+        log_flusher = asyncio.create_task(flush_logs_until(stop))
         if app.observability is not None:
             await app.observability.start(stop)
         await stop.wait()
         await sweeper
+        await log_flusher
         log.info("shutting down: no new connections, finishing requests in flight")
         await app.server.shutdown()
         if app.observability is not None:

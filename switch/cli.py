@@ -71,7 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from switch.logs import setup_logging
 
-    setup_logging(args.log_level)
+    # the server writes its lines in bunches (switch.logs.BufferedLineHandler); tools at once
+    setup_logging(args.log_level, buffered=args.command == "serve")
     try:
         result = args.func(args)
         if asyncio.iscoroutine(result):

@@ -7,10 +7,12 @@ whose names say they hold secrets (pin, key, cvv, track).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
 import sys
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -91,16 +93,77 @@ class JsonFormatter(logging.Formatter):
         return _ENCODER.encode(entry)
 
 
-def setup_logging(level: str = "INFO") -> None:
-    """Send JSON log lines to stderr."""
+LOG_FLUSH_INTERVAL_S = 0.1  # a buffered line waits at most about this long to be written
+LOG_LINES_MAX = 512  # or until this many lines are waiting
+
+
+class BufferedLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that writes lines in bunches instead of one write call per line.
+
+    Every write to a stream is a system call during which another thread takes the GIL; in the
+    switch that made each INFO line cost a GIL round trip with the ledger's commit thread
+    (docs/benchmarks.md). Lines wait until :data:`LOG_LINES_MAX` are pending, until
+    :data:`LOG_FLUSH_INTERVAL_S` has passed since the first of them (checked at each line and by
+    the switch's own timer), or until a WARNING or worse arrives, which is written at once with
+    everything before it. ``logging.shutdown`` at exit writes what is left.
+    """
+
+    def __init__(self, stream: Any = None) -> None:
+        super().__init__(stream)
+        self._lines: list[str] = []
+        self._first_at = 0.0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Format and queue a line; write the queue when it is due."""
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        now = time.monotonic()
+        if not self._lines:
+            self._first_at = now
+        self._lines.append(line)
+        if (
+            record.levelno >= logging.WARNING
+            or len(self._lines) >= LOG_LINES_MAX
+            or now - self._first_at >= LOG_FLUSH_INTERVAL_S
+        ):
+            self._write()
+
+    def flush(self) -> None:
+        """Write every waiting line."""
+        with self.lock or contextlib.nullcontext():
+            self._write()
+
+    def _write(self) -> None:
+        if not self._lines:
+            return
+        text = "\n".join(self._lines) + "\n"
+        self._lines.clear()
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):  # a closed stream at exit: nothing left to tell
+            pass
+
+
+def setup_logging(level: str = "INFO", *, buffered: bool = False) -> None:
+    """Send JSON log lines to stderr (in bunches when ``buffered``: the switch's server)."""
     # Nothing in a line needs the caller's file and line, thread or process names: skip
     # looking them up for every record (the logging HOWTO's "Optimization" section).
     logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
-    handler = logging.StreamHandler(sys.stderr)
+    handler = BufferedLineHandler(sys.stderr) if buffered else logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+def flush_logs() -> None:
+    """Write every buffered log line now (the switch calls this on a timer)."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()

@@ -1,0 +1,78 @@
+"""JSON log lines: PAN masking, secret-named fields dropped, and the server's buffered writing."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+
+from switch import logs
+from switch.logs import BufferedLineHandler, JsonFormatter
+
+
+def make_logger(handler: logging.Handler) -> logging.Logger:
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger(f"honar.test.{id(handler)}")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    return logger
+
+
+def test_a_line_masks_pans_and_drops_secret_fields() -> None:
+    stream = io.StringIO()
+    logger = make_logger(logging.StreamHandler(stream))
+    logger.info(
+        "card 6362144899564327 paid",
+        extra={"pan": "6362144899564327", "tpk": "U1234", "pin_block": "X", "tid": "HNR00004"},
+    )
+    entry = json.loads(stream.getvalue())
+    assert entry["msg"] == "card 636214******4327 paid"
+    assert entry["pan"] == "636214******4327"
+    assert "tpk" not in entry and "pin_block" not in entry
+    assert list(entry)[4:] == ["pan", "tid"]  # extra fields in the order given
+    assert entry["level"] == "info"
+
+
+def test_buffered_lines_wait_until_due(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [100.0]
+    monkeypatch.setattr(logs.time, "monotonic", lambda: clock[0])
+    stream = io.StringIO()
+    logger = make_logger(BufferedLineHandler(stream))
+    logger.info("one")
+    logger.info("two")
+    assert stream.getvalue() == ""  # held back
+    clock[0] += 2 * logs.LOG_FLUSH_INTERVAL_S
+    logger.info("three")  # the first line has waited long enough: all three go
+    assert [json.loads(line)["msg"] for line in stream.getvalue().splitlines()] == [
+        "one",
+        "two",
+        "three",
+    ]
+
+
+def test_a_warning_is_written_at_once_after_the_lines_before_it() -> None:
+    stream = io.StringIO()
+    logger = make_logger(BufferedLineHandler(stream))
+    logger.info("before")
+    logger.warning("trouble")
+    assert [json.loads(line)["msg"] for line in stream.getvalue().splitlines()] == [
+        "before",
+        "trouble",
+    ]
+
+
+def test_a_full_buffer_is_written_and_flush_writes_the_rest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(logs, "LOG_LINES_MAX", 3)
+    stream = io.StringIO()
+    handler = BufferedLineHandler(stream)
+    logger = make_logger(handler)
+    for index in range(4):
+        logger.info("line %d", index)
+    assert len(stream.getvalue().splitlines()) == 3
+    handler.flush()
+    assert len(stream.getvalue().splitlines()) == 4
