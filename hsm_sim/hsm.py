@@ -102,6 +102,7 @@ class Hsm:
         self._lmk = lmk
         self._random_bytes = random_bytes
         self._pan_hash_key = _derive_key(lmk, PAN_HASH_LABEL)
+        self._pan_hash_mac = hmac.new(self._pan_hash_key, digestmod=hashlib.sha256)
         self._pan_aead = AESGCM(_derive_key(lmk, PAN_ENCRYPTION_LABEL))
         self._clear_keys: dict[tuple[str, str], bytes] = {}
 
@@ -223,7 +224,9 @@ class Hsm:
     def pan_hash(self, pan: str) -> str:
         """Keyed PAN hash for lookups: HMAC-SHA256 under an LMK-derived key, 64 lowercase hex."""
         _check_pan(pan)
-        return hmac.new(self._pan_hash_key, pan.encode("ascii"), hashlib.sha256).hexdigest()
+        mac = self._pan_hash_mac.copy()  # copying the keyed state skips the key schedule
+        mac.update(pan.encode("ascii"))
+        return mac.hexdigest()
 
     def encrypt_pan(self, pan: str) -> bytes:
         """AES-256-GCM encryption of the PAN: 12-byte random nonce || ciphertext || tag."""

@@ -30,15 +30,17 @@ VALIDATION_DATA_LENGTH = 16
 HEX_DIGITS = "0123456789ABCDEF"
 
 
+_DECIMAL_NIBBLES = str.maketrans("", "", "ABCDEF")  # keep 0-9, in order
+_LETTER_NIBBLES = str.maketrans("ABCDEF", "012345", "0123456789")  # A-F minus 10, in order
+
+
 def decimalise_visa(block: bytes, length: int) -> str:
     """Visa decimalisation: decimal nibbles left to right, then A-F minus 10 if still short.
 
     Shared by PVV and CVV.
     """
     nibbles = block.hex().upper()
-    digits = [n for n in nibbles if n.isdigit()]
-    digits += [str(int(n, 16) - 10) for n in nibbles if not n.isdigit()]
-    return "".join(digits[:length])
+    return (nibbles.translate(_DECIMAL_NIBBLES) + nibbles.translate(_LETTER_NIBBLES))[:length]
 
 
 def _check_decimal(value: str, name: str) -> None:
