@@ -1,19 +1,27 @@
 """``honar bench`` / ``python -m scripts.bench``: the switch beside the codec baseline.
 
-One run starts two servers, each in its own process (pinned to CPU 0 when there are at least two
-CPUs; the generator runs here, pinned to CPU 1):
+One run starts these servers in turn, each in its own process (pinned to CPU 0 when there are at
+least two CPUs; the generator runs here, pinned to CPU 1):
 
 * **baseline**: the same asyncio server, dialect and framing as the switch, whose handler only
   decodes the request and encodes a response (the echoed fields and 39 = 00): no MAC, no PIN,
   no ledger. This is the codec limit (DESIGN.md, performance targets);
 * **switch**: ``python -m switch.cli serve`` on a fresh SQLite ledger in a temporary directory,
-  i.e. the full path: MAC verify, PIN verify, limits, durable ledger commit, response MAC.
+  i.e. the full path: MAC verify, PIN verify, limits, durable ledger commit, response MAC;
+* **switch-pg**: the same switch on a fresh PostgreSQL database (created through
+  ``--pg-admin-url``, dropped afterwards; PostgreSQL itself is not pinned);
+* **2x switch-pg**: two switch processes sharing one fresh PostgreSQL database, both on CPU 0,
+  driven at the same time (closed loop only) by two generators here: terminal HNR00004 with
+  demo card M0006 (as the phases above) and terminal HNR00002 with synthetic members 1..N
+  (loaded by ``honar demo synthetic``), so that no card, terminal or merchant is shared. One row
+  per process and their sum.
 
 Each is driven by the load generator (:mod:`scripts.load`) in a closed loop after a warm-up, and
 then at a fixed offered rate of 1000 requests/s (open loop). The table gives throughput, p50 and
 p99 latency, the server's CPU seconds per answer (utime + stime of all its threads, from
-``/proc/<pid>/stat``) and how busy it was; then the ratio full/baseline. ``--quick`` keeps the
-whole run under 20 s for CI. Figures are printed, never asserted.
+``/proc/<pid>/stat``) and how busy it was; then the ratios. When PostgreSQL cannot be reached its
+rows are skipped with one line on stderr (an error under CI=true); ``--no-postgres`` skips them.
+``--quick`` keeps the whole run under about 45 s for CI. Figures are printed, never asserted.
 """
 
 from __future__ import annotations
@@ -29,11 +37,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from scripts.crash_test import fresh_database
 from scripts.load import LoadResult, build_requests, default_stan_start, drive
 from switch.codec import Message, decode, encode
 from switch.dialects import get_dialect
@@ -43,6 +53,19 @@ from switch.server import ServerLimits, SwitchServer
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 60.0
 REQUESTS_PER_RUN_MAX = 200_000
+PG_ADMIN_URL_DEFAULT = "postgresql://postgres@127.0.0.1:5432/postgres"
+PG_CONNECT_TIMEOUT_S = 5  # reaching the PostgreSQL server before its phases
+PG_PREPARE_TIMEOUT_S = 180.0  # migrations, demo data and synthetic members on a fresh database
+SYNTHETIC_MEMBERS_MAX = 100_000  # --members: the cards of p2, 2nd generator of "2x switch-pg"
+SHARED_PG_PROCESSES = 2  # switch processes sharing one database in "2x switch-pg"
+# The two generators of "2x switch-pg": terminal HNR00004 with demo card M0006, terminal HNR00002
+# with synthetic members 1..N (no card, terminal totals row or merchant shared). Not HNR00001:
+# its hotel rule (HOTEL20, uses counted per member) makes each purchase about twice the work.
+PAIR_TERMINALS = ("HNR00004", "HNR00002")
+SERVERS = ("baseline", "switch", "switch-pg", "2x-switch-pg")
+PAIR_SERVER = "2x-switch-pg"
+PAIR_NAME = "2xpg"  # its rows: 2xpg/p1, 2xpg/p2, 2xpg/sum
+PG_SERVERS = frozenset({"switch-pg", PAIR_SERVER})
 
 
 @dataclass(frozen=True)
@@ -55,13 +78,28 @@ class Profile:
     connections: int
     in_flight: int
     timeout_s: float
+    members: int
     rate: float = 1000.0
 
 
 FULL = Profile(
-    warmup_s=2.0, measure_s=10.0, rate_s=10.0, connections=16, in_flight=64, timeout_s=5.0
+    warmup_s=2.0,
+    measure_s=10.0,
+    rate_s=10.0,
+    connections=16,
+    in_flight=64,
+    timeout_s=5.0,
+    members=2000,
 )
-QUICK = Profile(warmup_s=0.5, measure_s=2.0, rate_s=2.0, connections=8, in_flight=32, timeout_s=2.0)
+QUICK = Profile(
+    warmup_s=0.5,
+    measure_s=2.0,
+    rate_s=2.0,
+    connections=8,
+    in_flight=32,
+    timeout_s=2.0,
+    members=200,
+)
 
 
 # --- the baseline server ---------------------------------------------------------------------
@@ -203,19 +241,28 @@ class Row:
 class Bench:
     """Drives one server through warm-up, closed loop and fixed-rate phases."""
 
-    def __init__(self, profile: Profile, terminal: str) -> None:
+    def __init__(self, profile: Profile, terminal: str, *, members: int = 0) -> None:
         self.profile = profile
         self.terminal = terminal
+        self.members = members  # 0: demo card M0006; N: synthetic members 1..N
         self.stan = default_stan_start()
+
+    @property
+    def closed_phase(self) -> str:
+        """The closed-loop phase's name in the table, e.g. ``closed 8x4``."""
+        p = self.profile
+        return f"closed {p.connections}x{p.in_flight // p.connections}"
 
     def _requests(self, count: int) -> list[bytes]:
         count = max(1, min(count, REQUESTS_PER_RUN_MAX))
-        requests = build_requests(count, terminal_id=self.terminal, stan_start=self.stan)
+        requests = build_requests(
+            count, terminal_id=self.terminal, members=self.members, stan_start=self.stan
+        )
         self.stan = (self.stan + count) % 999_999 + 1
         return requests
 
-    async def run(self, name: str, port: int, pid: int) -> list[Row]:
-        """Warm up, measure closed loop, then the fixed offered rate; return the rows."""
+    async def warm_up(self, port: int) -> list[bytes]:
+        """Drive the warm-up; return the requests for the closed loop, built at its pace."""
         p = self.profile
         warm = await drive(
             "127.0.0.1",
@@ -228,11 +275,16 @@ class Bench:
         )
         # Build enough for the measured run at the warm-up's pace, with room to speed up.
         estimate = max(warm.throughput, 200.0)
-        requests = self._requests(int(estimate * p.measure_s * 1.5) + p.in_flight)
+        return self._requests(int(estimate * p.measure_s * 1.5) + p.in_flight)
+
+    async def run(self, name: str, port: int, pid: int) -> list[Row]:
+        """Warm up, measure closed loop, then the fixed offered rate; return the rows."""
+        p = self.profile
+        requests = await self.warm_up(port)
         rows = [
             await self._measure(
                 name,
-                f"closed {p.connections}x{p.in_flight // p.connections}",
+                self.closed_phase,
                 pid,
                 port,
                 requests,
@@ -285,6 +337,148 @@ class Bench:
         return Row(name, phase, result, server_cpu_s, generator_cpu_s)
 
 
+async def run_pair(benches: list[Bench], targets: list[tuple[int, int]], name: str) -> list[Row]:
+    """Warm up and measure closed loop on several servers at once, one generator each.
+
+    ``targets`` are (port, pid) pairs, in the order of ``benches``. Returns one row per server
+    (its own CPU and answers) and a last row ``<name>/sum``: the answers of all, their latencies
+    merged, and the CPU of all servers over all answers. The generator column is this process's
+    CPU (all generators together) in every row.
+    """
+    if len(benches) != len(targets) or not benches:
+        raise ValueError(f"run_pair: {len(benches)} generators for {len(targets)} servers")
+    profile = benches[0].profile
+    requests = await asyncio.gather(
+        *(bench.warm_up(port) for bench, (port, _pid) in zip(benches, targets, strict=True))
+    )
+    await asyncio.sleep(0.2)  # let the warm-up's stragglers settle
+    before = [cpu_seconds(pid) for _port, pid in targets]
+    own = os.times()
+    results = await asyncio.gather(
+        *(
+            drive(
+                "127.0.0.1",
+                port,
+                batch,
+                connections=profile.connections,
+                in_flight=profile.in_flight,
+                duration_s=profile.measure_s,
+                timeout_s=profile.timeout_s,
+            )
+            for batch, (port, _pid) in zip(requests, targets, strict=True)
+        )
+    )
+    server_cpu = [
+        cpu_seconds(pid) - start for start, (_port, pid) in zip(before, targets, strict=True)
+    ]
+    now = os.times()
+    generator_cpu_s = now.user + now.system - own.user - own.system
+    phase = benches[0].closed_phase
+    rows = [
+        Row(f"{name}/p{index + 1}", phase, result, cpu, generator_cpu_s)
+        for index, (result, cpu) in enumerate(zip(results, server_cpu, strict=True))
+    ]
+    rows.append(Row(f"{name}/sum", phase, merge_results(results), sum(server_cpu), generator_cpu_s))
+    return rows
+
+
+def merge_results(results: list[LoadResult]) -> LoadResult:
+    """Results of generators that ran at the same time, as one: counts added, latencies merged,
+    the elapsed time the longest of them (so the throughput is the sum's)."""
+    first = results[0]
+    codes: Counter[str] = Counter()
+    for result in results:
+        codes.update(result.codes)
+    return replace(
+        first,
+        connections=sum(r.connections for r in results),
+        in_flight=sum(r.in_flight or 0 for r in results) or None,
+        built=sum(r.built for r in results),
+        sent=sum(r.sent for r in results),
+        answered=sum(r.answered for r in results),
+        timed_out=sum(r.timed_out for r in results),
+        codes=codes,
+        elapsed_s=max(r.elapsed_s for r in results),
+        latencies_ns=sorted(value for r in results for value in r.latencies_ns),
+        per_second=[],
+        errors=[error for r in results for error in r.errors],
+    )
+
+
+# --- PostgreSQL --------------------------------------------------------------------------------
+
+
+def postgres_unreachable(admin_url: str) -> str | None:
+    """Why the PostgreSQL server at ``admin_url`` cannot be used, or None when it can."""
+    try:
+        import psycopg
+    except ImportError as error:
+        return f"psycopg is not installed ({error})"
+    try:
+        with psycopg.connect(admin_url, autocommit=True, connect_timeout=PG_CONNECT_TIMEOUT_S):
+            return None
+    except psycopg.Error as error:
+        first = str(error).strip().splitlines()
+        return first[0] if first else type(error).__name__
+
+
+def prepare_ledger(url: str, members: int, log_path: Path) -> None:
+    """Migrate the database at ``url``, load the demo data and synthetic members 1..``members``
+    (``honar demo synthetic``), so that several switch processes can start on it at once."""
+    command = [
+        sys.executable,
+        "-m",
+        "switch.cli",
+        "--log-level",
+        "WARNING",
+        "demo",
+        "synthetic",
+        "--members",
+        str(members),
+        "--ledger-url",
+        url,
+    ]
+    with open(log_path, "wb") as log:
+        try:
+            done = subprocess.run(
+                command,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=PG_PREPARE_TIMEOUT_S,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as error:
+            raise RuntimeError(
+                f"honar demo synthetic --members {members} took more than "
+                f"{PG_PREPARE_TIMEOUT_S:g} s; see {log_path}"
+            ) from error
+    if done.returncode != 0:
+        tail = log_path.read_text(errors="replace")[-2000:]
+        raise RuntimeError(
+            f"honar demo synthetic --members {members} exited with {done.returncode}:\n{tail}"
+        )
+
+
+def switch_command(port: int, data_dir: Path, log_level: str, ledger_url: str = "") -> list[str]:
+    """``python -m switch.cli serve`` on ``port`` (SQLite in ``data_dir`` or ``ledger_url``)."""
+    command = [
+        sys.executable,
+        "-m",
+        "switch.cli",
+        "--log-level",
+        log_level,
+        "serve",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+    ]
+    if ledger_url:
+        command += ["--ledger-url", ledger_url]
+    return command
+
+
 def table(rows: list[Row]) -> str:
     """The rows as a fixed-width table, then the full/baseline ratios."""
     head = (
@@ -309,75 +503,207 @@ def table(rows: list[Row]) -> str:
                 f"full/baseline: throughput {full.result.throughput / base.result.throughput:.3f}, "
                 f"CPU per answer {full.cpu_ms_per_answer / max(base.cpu_ms_per_answer, 1e-9):.1f}x"
             )
+    if "switch-pg" in closed:
+        pg = closed["switch-pg"]
+        text = f"PostgreSQL: one process {pg.result.throughput:.0f}/s"
+        if "switch" in closed and closed["switch"].result.throughput:
+            text += f" ({pg.result.throughput / closed['switch'].result.throughput:.2f} x SQLite)"
+        pair = closed.get(f"{PAIR_NAME}/sum")
+        if pair is not None:
+            text += (
+                f"; {SHARED_PG_PROCESSES} processes sharing the database "
+                f"{pair.result.throughput:.0f}/s in sum"
+            )
+            if pg.result.throughput:
+                text += f" ({pair.result.throughput / pg.result.throughput:.2f} x one process)"
+        lines.append(text)
     return "\n".join(lines)
 
 
+def postgres_gate(args: argparse.Namespace, which: list[str]) -> tuple[bool, str]:
+    """Whether the PostgreSQL phases run, and a note for the footer.
+
+    Unreachable: one line on stderr and (False, note); under CI=true a RuntimeError instead.
+    """
+    wanted = [name for name in which if name in PG_SERVERS]
+    if not wanted:
+        return False, ""
+    if args.no_postgres:
+        return False, "PostgreSQL rows skipped (--no-postgres)"
+    reason = postgres_unreachable(args.pg_admin_url)
+    if reason is None:
+        return True, ""
+    where = _without_password(args.pg_admin_url)
+    if os.environ.get("CI") == "true":
+        raise RuntimeError(
+            f"PostgreSQL was required (CI=true) but {where} cannot be reached: {reason}"
+        )
+    print(
+        f"bench: PostgreSQL rows skipped: {where} cannot be reached ({reason}); "
+        "start PostgreSQL, pass --pg-admin-url, or --no-postgres to silence this",
+        file=sys.stderr,
+        flush=True,
+    )
+    return False, f"PostgreSQL rows skipped: {where} cannot be reached"
+
+
+def _without_password(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for messages)."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not at or ":" not in credentials:
+        return url
+    return f"{scheme}{sep}{credentials.split(':', 1)[0]}:***@{host}"
+
+
+def check_options(args: argparse.Namespace) -> str | None:
+    """The first problem with the options, naming the option, or None."""
+    if not args.pg_admin_url.startswith("postgresql://"):
+        scheme = args.pg_admin_url.partition("://")[0] or args.pg_admin_url[:20]
+        return f"--pg-admin-url must be a postgresql:// URL, got scheme {scheme!r}"
+    if args.members is not None and not 1 <= args.members <= SYNTHETIC_MEMBERS_MAX:
+        return f"--members must be 1-{SYNTHETIC_MEMBERS_MAX}, got {args.members}"
+    return None
+
+
 async def run_bench(args: argparse.Namespace) -> int:
-    """Start both servers in turn, drive them, print the table (and JSON when asked)."""
+    """Start the servers in turn, drive them, print the table (and JSON when asked)."""
+    problem = check_options(args)
+    if problem is not None:
+        print(f"honar bench: {problem}", file=sys.stderr)
+        return 2
     profile = QUICK if args.quick else FULL
     if args.connections:
-        profile = Profile(**{**profile.__dict__, "connections": args.connections})
+        profile = replace(profile, connections=args.connections)
     if args.in_flight:
-        profile = Profile(**{**profile.__dict__, "in_flight": args.in_flight})
+        profile = replace(profile, in_flight=args.in_flight)
     if args.rate:
-        profile = Profile(**{**profile.__dict__, "rate": args.rate})
+        profile = replace(profile, rate=args.rate)
+    if args.members:
+        profile = replace(profile, members=args.members)
+    which = list(SERVERS) if args.only is None else [args.only]
+    try:
+        postgres, pg_note = postgres_gate(args, which)
+    except RuntimeError as error:
+        print(f"honar bench: {error}", file=sys.stderr)
+        return 1
+    if not postgres:
+        which = [name for name in which if name not in PG_SERVERS]
     pin = (os.cpu_count() or 1) >= 2 and not args.no_pin
     if pin:
         _pin_to(1)
+    cpu = 0 if pin else None
     bench = Bench(profile, args.terminal)
     rows: list[Row] = []
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="honar-bench-") as temporary:
         workdir = Path(temporary)
-        python = sys.executable
-        which = ["baseline", "switch"] if args.only is None else [args.only]
         for name in which:
+            if name == PAIR_SERVER:
+                rows += await _run_shared_postgres(args, profile, workdir, cpu)
+                continue
             port = free_port()
-            if name == "baseline":
-                command = [python, "-m", "scripts.bench", "baseline-server", "--port", str(port)]
-            else:
-                data_dir = workdir / "switch-data"
-                command = [
-                    python,
-                    "-m",
-                    "switch.cli",
-                    "--log-level",
-                    args.server_log_level,
-                    "serve",
-                    "--port",
-                    str(port),
-                    "--data-dir",
-                    str(data_dir),
-                ]
-            log_path = workdir / f"{name}.log"
-            print(f"bench: starting {name} on 127.0.0.1:{port}", file=sys.stderr, flush=True)
-            with server_process(command, port, log_path, pin=0 if pin else None) as process:
+            with contextlib.ExitStack() as stack:
+                if name == "baseline":
+                    command = [
+                        sys.executable,
+                        "-m",
+                        "scripts.bench",
+                        "baseline-server",
+                        "--port",
+                        str(port),
+                    ]
+                elif name == "switch":
+                    command = switch_command(port, workdir / name, args.server_log_level)
+                else:
+                    url = stack.enter_context(fresh_database(args.pg_admin_url))
+                    command = switch_command(port, workdir / name, args.server_log_level, url)
+                print(f"bench: starting {name} on 127.0.0.1:{port}", file=sys.stderr, flush=True)
+                process = stack.enter_context(
+                    server_process(command, port, workdir / f"{name}.log", pin=cpu)
+                )
                 rows += await bench.run(name, port, process.pid)
     print(table(rows))
+    placement = "server on CPU 0, generator on CPU 1" if pin else "not pinned"
+    if postgres:
+        placement += ", PostgreSQL not pinned"
     print(
         f"(profile {'quick' if args.quick else 'full'}: warm-up {profile.warmup_s:g} s, "
         f"closed loop {profile.measure_s:g} s, {profile.rate:g}/s for {profile.rate_s:g} s; "
         f"{profile.connections} connections; switch log level {args.server_log_level}; "
-        f"{'server on CPU 0, generator on CPU 1' if pin else 'not pinned'}; "
-        f"{time.monotonic() - started:.1f} s in all)"
+        f"{placement}; {time.monotonic() - started:.1f} s in all)"
     )
+    if postgres and PAIR_SERVER in which:
+        print(
+            f"({PAIR_NAME}: {SHARED_PG_PROCESSES} switch processes on one PostgreSQL database, "
+            f"both on {'CPU 0' if pin else 'any CPU'}, closed loop at the same time; "
+            f"p1 terminal {PAIR_TERMINALS[0]} with M0006, p2 terminal {PAIR_TERMINALS[1]} with "
+            f"synthetic members 1..{profile.members}; sum CPU ms/txn = both processes' CPU "
+            "over both processes' answers)"
+        )
+    if pg_note:
+        print(f"({pg_note})")
     if args.json:
         Path(args.json).write_text(json.dumps([row.to_json() for row in rows], indent=2) + "\n")
     return 0
 
 
+async def _run_shared_postgres(
+    args: argparse.Namespace, profile: Profile, workdir: Path, cpu: int | None
+) -> list[Row]:
+    """The "2x switch-pg" phase: prepare a fresh database, start the processes, drive them."""
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(fresh_database(args.pg_admin_url))
+        print(
+            f"bench: loading demo data and {profile.members} synthetic members into PostgreSQL",
+            file=sys.stderr,
+            flush=True,
+        )
+        prepare_ledger(url, profile.members, workdir / f"{PAIR_SERVER}-prepare.log")
+        targets: list[tuple[int, int]] = []
+        for index in range(SHARED_PG_PROCESSES):
+            port = free_port()
+            name = f"{PAIR_SERVER}-{index + 1}"
+            print(f"bench: starting {name} on 127.0.0.1:{port}", file=sys.stderr, flush=True)
+            command = switch_command(port, workdir / name, args.server_log_level, url)
+            process = stack.enter_context(
+                server_process(command, port, workdir / f"{name}.log", pin=cpu)
+            )
+            targets.append((port, process.pid))
+        benches = [
+            Bench(profile, PAIR_TERMINALS[0]),
+            Bench(profile, PAIR_TERMINALS[1], members=profile.members),
+        ]
+        return await run_pair(benches, targets, PAIR_NAME)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``honar bench`` options."""
-    parser.add_argument("--quick", action="store_true", help="short run (< 20 s) for CI")
+    parser.add_argument("--quick", action="store_true", help="short run (< 45 s) for CI")
     parser.add_argument("--connections", type=int, help="override the profile's connections")
     parser.add_argument("--in-flight", type=int, help="override the profile's requests in flight")
     parser.add_argument(
         "--rate", type=float, help="offered rate of the open-loop phase (default 1000/s)"
     )
-    parser.add_argument("--only", choices=["baseline", "switch"], help="run one server only")
+    parser.add_argument("--only", choices=SERVERS, help="run one server (or phase) only")
     parser.add_argument("--terminal", default="HNR00004", help="demo terminal id")
     parser.add_argument(
         "--server-log-level", default="INFO", help="the switch's log level (default INFO)"
+    )
+    parser.add_argument(
+        "--pg-admin-url",
+        default=PG_ADMIN_URL_DEFAULT,
+        help="PostgreSQL server where fresh databases are created and dropped "
+        f"(default {PG_ADMIN_URL_DEFAULT})",
+    )
+    parser.add_argument(
+        "--no-postgres", action="store_true", help="skip the switch-pg and 2x-switch-pg phases"
+    )
+    parser.add_argument(
+        "--members",
+        type=int,
+        help=f"synthetic members for 2x-switch-pg (1-{SYNTHETIC_MEMBERS_MAX}; "
+        f"default {FULL.members}, quick {QUICK.members})",
     )
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
@@ -385,7 +711,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def register(commands: Any) -> None:
     """Add ``honar bench`` to the command line."""
-    parser = commands.add_parser("bench", help="benchmark: the switch against the codec baseline")
+    parser = commands.add_parser(
+        "bench", help="benchmark: the switch (SQLite, PostgreSQL) against the codec baseline"
+    )
     add_arguments(parser)
     parser.set_defaults(func=run_bench)
 

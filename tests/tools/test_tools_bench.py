@@ -1,39 +1,114 @@
-"""``python -m scripts.bench --quick`` runs both servers and prints the table."""
+"""``python -m scripts.bench --quick`` runs every server and prints the table; PostgreSQL rows
+appear when PostgreSQL is reachable, are skipped with one line otherwise (an error under CI)."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import PG_ADMIN_URL, service_missing
+
 ROOT = Path(__file__).resolve().parents[2]
+NOWHERE = "postgresql://postgres@127.0.0.1:1/postgres"  # nothing listens on port 1
+BENCH_QUICK_TIMEOUT_S = 90  # the run itself keeps under about 45 s
+
+
+def _bench(
+    *args: str, timeout: float = 60, ci: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    if ci is not None:
+        env["CI"] = ci
+    return subprocess.run(
+        [sys.executable, "-m", "scripts.bench", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=env,
+    )
+
+
+def _postgres_reachable() -> bool:
+    import psycopg
+
+    try:
+        with psycopg.connect(PG_ADMIN_URL, connect_timeout=3):
+            return True
+    except psycopg.OperationalError:
+        return False
 
 
 @pytest.mark.slow
 def test_bench_quick_prints_the_table() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "scripts.bench", "--quick"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    postgres = _postgres_reachable()
+    pg_args = ["--pg-admin-url", PG_ADMIN_URL] if postgres else ["--no-postgres"]
+    done = _bench("--quick", *pg_args, timeout=BENCH_QUICK_TIMEOUT_S)
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
     assert "CPU ms/txn" in out
-    rows = [line.split() for line in out.splitlines() if line.startswith(("baseline", "switch"))]
-    assert [(r[0], r[1]) for r in rows] == [
+    servers = {"baseline", "switch", "switch-pg", "2xpg/p1", "2xpg/p2", "2xpg/sum"}
+    rows = [
+        line.split() for line in out.splitlines() if line.split()[:1] and line.split()[0] in servers
+    ]
+    expected = [
         ("baseline", "closed"),
         ("baseline", "open"),
         ("switch", "closed"),
         ("switch", "open"),
     ]
+    if postgres:
+        expected += [
+            ("switch-pg", "closed"),
+            ("switch-pg", "open"),
+            ("2xpg/p1", "closed"),
+            ("2xpg/p2", "closed"),
+            ("2xpg/sum", "closed"),
+        ]
+    assert [(r[0], r[1]) for r in rows] == expected
     assert all(int(r[3]) > 0 for r in rows), "every phase got answers"
     assert "full/baseline: throughput" in out
+    if not postgres:
+        service_missing(f"PostgreSQL ({PG_ADMIN_URL})")
+    by_server = {r[0]: r for r in rows if r[1] == "closed"}
+    assert int(by_server["2xpg/sum"][3]) == int(by_server["2xpg/p1"][3]) + int(
+        by_server["2xpg/p2"][3]
+    )
+    assert "PostgreSQL: one process" in out and "2 processes sharing the database" in out
+    assert "PostgreSQL not pinned" in out
+
+
+def test_bench_skips_unreachable_postgres_with_one_line() -> None:
+    done = _bench("--only", "switch-pg", "--pg-admin-url", NOWHERE, ci="false")
+    assert done.returncode == 0, done.stderr[-3000:]
+    skipped = [line for line in done.stderr.splitlines() if "PostgreSQL rows skipped" in line]
+    assert len(skipped) == 1 and "127.0.0.1:1" in skipped[0]
+    assert "switch-pg " not in done.stdout
+
+
+def test_bench_requires_postgres_under_ci() -> None:
+    done = _bench("--only", "2x-switch-pg", "--pg-admin-url", NOWHERE, ci="true")
+    assert done.returncode != 0
+    assert "PostgreSQL was required" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--pg-admin-url", "mysql://x@h/db"], "--pg-admin-url must be a postgresql:// URL"),
+        (["--members", "0"], "--members must be 1-100000, got 0"),
+    ],
+)
+def test_bench_names_a_bad_option(args: list[str], message: str) -> None:
+    done = _bench("--only", "baseline", *args)
+    assert done.returncode == 2
+    assert message in done.stderr
 
 
 def test_path_bench_measures_both_threads() -> None:
