@@ -25,9 +25,11 @@ from ledger.domain import (
     AuthorizationJob,
     CardSnapshot,
     JobResult,
+    LedgerView,
     Outcome,
     Posting,
     TransactionKey,
+    TransactionRecord,
 )
 from ledger.engine import GroupCommitter
 from ledger.model import Account, Transfer, TransferCode, TransferStatus
@@ -561,6 +563,65 @@ def test_repeated_key_within_one_batch_is_replayed(demo_store: Store) -> None:
     assert [r.replayed for r in results] == [False, True, True]
     assert all(r.response_fields == results[0].response_fields for r in results)
     assert purse(demo_store, "M0001", "GN").balance_credit == 50_000_000 - 500
+    assert_balanced(demo_store)
+
+
+def test_later_job_of_a_batch_reads_and_updates_an_earlier_one(demo_store: Store) -> None:
+    """A job sees the request an earlier job of its own batch wrote (by key and by id, with
+    its transfer ids), and its update of that request is seen by the next job and stored."""
+    source = purse(demo_store, "M0001", "GN")
+    payee = merchant(demo_store)
+    seen: dict[str, TransactionRecord | None] = {}
+
+    def refer(view: LedgerView) -> Outcome:
+        original = view.transaction_by_key(key(21))
+        assert original is not None
+        seen["by_key"] = original
+        seen["by_id"] = view.transaction_by_id(original.id)
+        return Outcome("00", updates=((original.id, {"reversed_amount": 300}),))
+
+    def reread(view: LedgerView) -> Outcome:
+        original = view.transaction_by_key(key(21))
+        seen["after_update"] = original
+        return Outcome("00")
+
+    def view_job(
+        job_key: TransactionKey, decide: Callable[[LedgerView], Outcome]
+    ) -> AuthorizationJob:
+        return replace(job(job_key, lambda _snapshot: Outcome("00")), decide=decide)
+
+    committer = GroupCommitter(demo_store)
+    committer.start()
+    gate = Gate(committer)
+    try:
+        futures = [
+            committer.submit(job(key(21), pay(source, payee, 700))),
+            committer.submit(view_job(key(22), refer)),
+            committer.submit(view_job(key(23), reread)),
+        ]
+        gate.open()
+        results = [f.result(FUTURE_TIMEOUT_S) for f in futures]
+    finally:
+        gate.open()
+        committer.stop()
+    assert [r.response_code for r in results] == ["00", "00", "00"]
+    assert committer.batches == 2  # the gate's, then the three together
+    by_key, by_id, after = seen["by_key"], seen["by_id"], seen["after_update"]
+    assert by_key is not None and by_id == by_key
+    assert (by_key.amount, by_key.reversed_amount, by_key.response_code) == (700, 0, "00")
+    assert len(by_key.transfer_ids) == 1
+    assert after is not None and after.id == by_key.id and after.reversed_amount == 300
+    with demo_store.engine.connect() as connection:
+        stored = connection.execute(
+            select(schema.transactions.c.amount, schema.transactions.c.reversed_amount).where(
+                schema.transactions.c.id == by_key.id
+            )
+        ).one()
+        transfer_ids = connection.scalars(
+            select(schema.transfers.c.id).where(schema.transfers.c.transaction_id == by_key.id)
+        ).all()
+    assert tuple(stored) == (700, 300)
+    assert tuple(transfer_ids) == by_key.transfer_ids
     assert_balanced(demo_store)
 
 
