@@ -172,6 +172,26 @@ _INSERT_TOMBSTONES = (
 _INSERT_OUTBOX = "INSERT INTO outbox (event_id, topic, payload, created_at) VALUES (?,?,?,?)"
 _INSERT_JOURNAL = "INSERT INTO journal (seq, transfer_id, prev_hash, hash) VALUES (?,?,?,?)"
 
+# A discount rule use: an approved purchase or completion not wholly reversed. The same test as
+# ledger.store._View.rule_uses makes in SQL; _is_rule_use is it in Python, for the batch's rows.
+_RULE_USE_KINDS = ("purchase", "completion")
+_COUNT_RULE_USES = (
+    "SELECT COUNT(*) FROM transactions WHERE member_id = ? AND discount_rule = ? "
+    "AND business_date >= ? AND response_code = '00' AND kind IN ('purchase', 'completion') "
+    "AND reversed_amount < amount"
+)
+
+
+def _is_rule_use(kind: str, response_code: str, amount: int, reversed_amount: int) -> bool:
+    return kind in _RULE_USE_KINDS and response_code == "00" and reversed_amount < amount
+
+
+def _record_is_rule_use(record: TransactionRecord) -> int:
+    return int(
+        _is_rule_use(record.kind, record.response_code, record.amount, record.reversed_amount)
+    )
+
+
 # The outbox payload's encoding. ``json.dumps`` with options builds a new encoder per call;
 # this one is built once and gives the same text.
 _EVENT_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False)
@@ -290,6 +310,9 @@ class _Batch:
         # then (see record()). Building one per job was some 5% of the engine's CPU.
         self.unbuilt: dict[int, tuple[dict[str, Any], tuple[str, ...]]] = {}
         self.keys: dict[TransactionKey, int] = {}  # the batch's new requests: key -> id
+        # Discount rule uses, (member, rule, since) -> count: counted in SQL once per batch,
+        # right after a flush, then kept up to date by every job the batch merges.
+        self.rule_uses: dict[tuple[str, str, str], int] = {}
         self.stored: dict[TransactionKey, StoredTransaction] = {}
         self.tombstones: set[TransactionKey] = set()
         self.new_transactions: dict[TransactionKey, StoredTransaction] = {}
@@ -465,6 +488,25 @@ class _Batch:
             row, transfer_ids = self.unbuilt.pop(transaction_id)
             found = self.records[transaction_id] = transaction_record_of(row, transfer_ids)
         return found
+
+    def count_rule_uses(self, member_id: str, rule: str, since: str) -> int:
+        """Uses of discount ``rule`` by ``member_id`` since ``since``, this batch's included."""
+        key = (member_id, rule, since)
+        found = self.rule_uses.get(key)
+        if found is None:
+            self.flush()  # the database then holds all the batch has done: count there
+            rows = self.rows(_COUNT_RULE_USES, (member_id, rule, since))
+            found = self.rule_uses[key] = int(rows[0][0]) if rows else 0
+        return found
+
+    def _count_rule_use(
+        self, member_id: str | None, rule: str, business_date: str, change: int
+    ) -> None:
+        if member_id is None or not rule:
+            return
+        for key in self.rule_uses:
+            if key[0] == member_id and key[1] == rule and business_date >= key[2]:
+                self.rule_uses[key] += change
 
     def allocate_id(self, count_hint: int) -> int:
         """A new transactions.id."""
@@ -693,12 +735,25 @@ class _Batch:
         self.tx_inserts.append(row)
         new_id: int = row["id"]
         self.unbuilt[new_id] = (row, changes.transfer_ids)
+        if self.rule_uses and _is_rule_use(
+            row["kind"], row["response_code"], row["amount"], row["reversed_amount"]
+        ):
+            self._count_rule_use(row["member_id"], row["discount_rule"], row["business_date"], 1)
         self.keys[job.key] = new_id
         for original_id, values in changes.updates:
             self.tx_updates.append((original_id, values))
             original = self.record(original_id)
             if original is not None:
-                self.records[original_id] = replace(original, **values)
+                updated = self.records[original_id] = replace(original, **values)
+                if self.rule_uses:
+                    change = _record_is_rule_use(updated) - _record_is_rule_use(original)
+                    if change:
+                        self._count_rule_use(
+                            updated.member_id,
+                            updated.discount_rule,
+                            updated.business_date,
+                            change,
+                        )
         if changes.tombstone is not None:
             self.tombstone_inserts.append(changes.tombstone)
             self.tombstones.add(TransactionKey(*changes.tombstone[:3]))
@@ -890,7 +945,7 @@ class _BatchView:
         return self._batch.day(card_id, business_date)
 
     def rule_uses(self, member_id: str, rule: str, since: str) -> int:
-        return self._fallback().rule_uses(member_id, rule, since)
+        return self._batch.count_rule_uses(member_id, rule, since)
 
     def terminal_totals(self, tid: str, business_date: str) -> TerminalTotals:
         return self._fallback().terminal_totals(tid, business_date)

@@ -58,7 +58,9 @@ async def _drive(app: Any, payloads: list[bytes], in_flight: int) -> float:
     return elapsed
 
 
-def run(count: int, in_flight: int, warmup: int, log_level: str) -> dict[str, Any]:
+def run(
+    count: int, in_flight: int, warmup: int, log_level: str, terminal: str = "HNR00004"
+) -> dict[str, Any]:
     """Build a switch on a fresh ledger, push ``count`` purchases through it, measure."""
     from switch.app import build_app
     from switch.logs import setup_logging
@@ -75,8 +77,8 @@ def run(count: int, in_flight: int, warmup: int, log_level: str) -> dict[str, An
         app = build_app(config)
         try:
             stan = default_stan_start()
-            warm = build_requests(warmup, stan_start=stan)
-            payloads = build_requests(count, stan_start=stan + warmup)
+            warm = build_requests(warmup, terminal_id=terminal, stan_start=stan)
+            payloads = build_requests(count, terminal_id=terminal, stan_start=stan + warmup)
             asyncio.run(_drive(app, warm, in_flight))
             loop_id = threading.get_native_id()
             commit_id = app.committer._thread.native_id or 0
@@ -111,6 +113,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--in-flight", type=int, default=64, help="concurrent requests")
     parser.add_argument("--warmup", type=int, default=2_000, help="purchases before measuring")
     parser.add_argument("--repeat", type=int, default=1, help="runs (each on a fresh ledger)")
+    parser.add_argument("--terminal", default="HNR00004", help="demo terminal (default HNR00004)")
     parser.add_argument("--log-level", default="INFO", help="switch log level (default INFO)")
     parser.add_argument("--json", action="store_true", help="print JSON rows")
 
@@ -130,7 +133,7 @@ def main_with(args: argparse.Namespace) -> int:
         f"{'total µs':>8} {'batch':>6}"
     )
     for _ in range(args.repeat):
-        row = run(args.count, args.in_flight, args.warmup, args.log_level)
+        row = run(args.count, args.in_flight, args.warmup, args.log_level, args.terminal)
         if args.json:
             print(json.dumps(row))
         else:
