@@ -148,6 +148,17 @@ class BufferedLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
             pass
 
 
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is when a line is written, not when logging was set
+    up (a replaced stderr, e.g. a test runner's capture, may be closed by then)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def setup_logging(level: str = "INFO", *, buffered: bool = False) -> None:
     """Send JSON log lines to stderr (in bunches when ``buffered``: the switch's server)."""
     # Nothing in a line needs the caller's file and line, thread or process names: skip
@@ -156,7 +167,8 @@ def setup_logging(level: str = "INFO", *, buffered: bool = False) -> None:
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
-    handler = BufferedLineHandler(sys.stderr) if buffered else logging.StreamHandler(sys.stderr)
+    stream = _CurrentStderr()
+    handler = BufferedLineHandler(stream) if buffered else logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -76,3 +76,23 @@ def test_a_full_buffer_is_written_and_flush_writes_the_rest(
     assert len(stream.getvalue().splitlines()) == 3
     handler.flush()
     assert len(stream.getvalue().splitlines()) == 4
+
+
+@pytest.mark.parametrize("buffered", [False, True])
+def test_lines_go_to_the_stderr_of_the_moment(
+    monkeypatch: pytest.MonkeyPatch, buffered: bool
+) -> None:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        first = io.StringIO()
+        monkeypatch.setattr("sys.stderr", first)
+        logs.setup_logging("INFO", buffered=buffered)
+        first.close()  # e.g. a test runner's capture, gone
+        second = io.StringIO()
+        monkeypatch.setattr("sys.stderr", second)
+        logging.getLogger("honar.test").warning("still written")
+        assert json.loads(second.getvalue())["msg"] == "still written"
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
