@@ -71,11 +71,23 @@ class JsonFormatter(logging.Formatter):
         # extra field name -> written or not (a secret-looking name is dropped); the names
         # are the code's own, so the table stays small
         self._kept: dict[str, bool] = {}
+        self._second = -1
+        self._second_text = ""
+
+    def _timestamp(self, created: float) -> str:
+        """ISO 8601 in UTC with microseconds; the part up to the second is built once per
+        second (most lines of a busy switch share it)."""
+        second = int(created)
+        if second != self._second:
+            self._second = second
+            self._second_text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        micros = min(int((created - second) * 1_000_000), 999_999)
+        return f"{self._second_text}.{micros:06d}+00:00"
 
     def format(self, record: logging.LogRecord) -> str:
         """See :class:`logging.Formatter`."""
         entry: dict[str, Any] = {
-            "t": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="microseconds"),
+            "t": self._timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": mask_pans(record.getMessage()),

@@ -96,3 +96,14 @@ def test_lines_go_to_the_stderr_of_the_moment(
     finally:
         root.handlers[:], level = saved
         root.setLevel(level)
+
+
+def test_timestamps_match_datetime_to_the_microsecond() -> None:
+    from datetime import UTC, datetime
+
+    formatter = JsonFormatter()
+    for created in (1764872400.123456, 1764872400.5, 1764872401.0, 1764872461.000001, 0.25):
+        ours = datetime.fromisoformat(formatter._timestamp(created))
+        theirs = datetime.fromtimestamp(created, UTC)
+        assert abs((ours - theirs).total_seconds()) <= 1e-6
+        assert formatter._timestamp(created).endswith("+00:00")
