@@ -11,11 +11,12 @@ import string
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_switch_codec_properties import field_values, mutate, mutations
 
 from switch import codec
 from switch.codec import CodecError, Message
 from switch.dialects import get_dialect
-from switch.dialects.base import Dialect, FieldSpec
+from switch.dialects.base import Dialect
 
 SETTINGS = settings(
     max_examples=300,
@@ -23,21 +24,6 @@ SETTINGS = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 DIALECTS = [get_dialect("shetab87"), get_dialect("shetab93")]
-ALPHABETS = {
-    "n": string.digits,
-    "an": string.ascii_letters + string.digits + " ",
-    "ans": "".join(c for c in string.printable if c not in "\t\n\r\x0b\x0c"),
-    "z": string.digits + "=D",
-}
-
-
-def field_values(spec: FieldSpec) -> st.SearchStrategy[str]:
-    size_min = spec.length_max if spec.fixed else 0
-    if spec.format == "b":
-        return st.binary(min_size=size_min, max_size=spec.length_max).map(
-            lambda data: data.hex().upper()
-        )
-    return st.text(alphabet=ALPHABETS[spec.format], min_size=size_min, max_size=spec.length_max)
 
 
 def messages(dialect: Dialect) -> st.SearchStrategy[Message]:
@@ -87,32 +73,6 @@ def test_valid_messages_take_the_fast_path_and_agree(dialect: Dialect) -> None:
         assert agree_on_decode(fast, dialect)
 
     check()
-
-
-mutations = st.lists(
-    st.tuples(
-        st.sampled_from(["flip", "truncate", "insert", "delete"]),
-        st.integers(0, 10_000),
-        st.integers(0, 255),
-    ),
-    min_size=1,
-    max_size=4,
-)
-
-
-def mutate(raw: bytes, steps: list[tuple[str, int, int]]) -> bytes:
-    data = bytearray(raw)
-    for kind, where, value in steps:
-        at = where % (len(data) + 1)
-        if kind == "flip" and at < len(data):
-            data[at] = value
-        elif kind == "truncate":
-            del data[at:]
-        elif kind == "insert":
-            data.insert(at, value)
-        elif kind == "delete" and at < len(data):
-            del data[at]
-    return bytes(data)
 
 
 @pytest.mark.parametrize("dialect", DIALECTS, ids=lambda d: d.name)
