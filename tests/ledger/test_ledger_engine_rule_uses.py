@@ -8,6 +8,7 @@ while they queue) and check the count against what the rule allows.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import secrets
 import threading
@@ -31,20 +32,28 @@ from switch.flows import FlowContext
 from switch.requests import FinancialRequest, parse_request, request_digest
 from switch.service import _decide, flow_kind
 
+from conftest import fresh_postgres_database
+
 PAN, PIN = "6362147682085715", "1234"  # M0001: GN 50,000,000; TR 20,000,000
 HOTEL_TERMINAL = "HNR00001"
 AMOUNT = 1_000_000
 TIMEOUT_S = 30.0
 
 
-@pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[tuple[Store, Hsm]]:
-    hsm = Hsm(lmk=Lmk.test())
-    store = Store(f"sqlite:///{tmp_path / 'l.db'}")
-    store.migrate()
-    demo.load_demo(store, hsm)
-    yield store, hsm
-    store.close()
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Store, Hsm]]:
+    """The demo ledger on SQLite, then on a fresh PostgreSQL database."""
+    with contextlib.ExitStack() as stack:
+        if request.param == "sqlite":
+            url = f"sqlite:///{tmp_path / 'l.db'}"
+        else:
+            url = stack.enter_context(fresh_postgres_database())
+        hsm = Hsm(lmk=Lmk.test())
+        store = Store(url)
+        store.migrate()
+        demo.load_demo(store, hsm)
+        yield store, hsm
+        store.close()
 
 
 class Gate:
