@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import shutil
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -81,6 +82,7 @@ def run(batch_max: int, jobs: int) -> tuple[float, float, int]:
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     committer.stop()
     store.close()
+    shutil.rmtree(directory, ignore_errors=True)
     assert {r.response_code for r in results} == {"00"}, "every purchase must be approved"
     return jobs / elapsed, cpu / jobs * 1e6, committer.batches
 
