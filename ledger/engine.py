@@ -172,8 +172,8 @@ _INSERT_TOMBSTONES = (
 _INSERT_OUTBOX = "INSERT INTO outbox (event_id, topic, payload, created_at) VALUES (?,?,?,?)"
 _INSERT_JOURNAL = "INSERT INTO journal (seq, transfer_id, prev_hash, hash) VALUES (?,?,?,?)"
 
-# A discount rule use: an approved purchase or completion not wholly reversed. The same test as
-# ledger.store._View.rule_uses makes in SQL; _is_rule_use is it in Python, for the batch's rows.
+# A discount rule use: an approved purchase or completion not wholly reversed. _COUNT_RULE_USES
+# is the test in SQL (rows already stored), _is_rule_use the same test in Python (the batch's).
 _RULE_USE_KINDS = ("purchase", "completion")
 _COUNT_RULE_USES = (
     "SELECT COUNT(*) FROM transactions WHERE member_id = ? AND discount_rule = ? "

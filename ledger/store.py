@@ -1327,7 +1327,7 @@ class Store:
 
 class _View:
     """The SQL reads the engine's working set does not hold (originals by key, RRN or id, their
-    postings and children, rule uses, terminal totals), on the batch's own connection."""
+    postings and children, terminal totals), on the batch's own connection."""
 
     def __init__(self, store: Store, connection: Connection, job: AuthorizationJob) -> None:
         self._store = store
@@ -1358,22 +1358,6 @@ class _View:
     def transaction_by_id(self, transaction_id: int) -> TransactionRecord | None:
         return self._store.transaction_record(
             self._connection, schema.transactions.c.id == transaction_id, lock=True
-        )
-
-    def rule_uses(self, member_id: str, rule: str, since: str) -> int:
-        t = schema.transactions.c
-        return int(
-            self._connection.scalar(
-                select(func.count()).where(
-                    t.member_id == member_id,
-                    t.discount_rule == rule,
-                    t.business_date >= since,
-                    t.response_code == "00",
-                    t.kind.in_(("purchase", "completion")),
-                    t.reversed_amount < t.amount,
-                )
-            )
-            or 0
         )
 
     def terminal_totals(self, tid: str, business_date: str) -> TerminalTotals:
