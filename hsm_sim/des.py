@@ -80,6 +80,13 @@ class _ContextPool:
             self._free.clear()
         self._free[key] = context
 
+    def update(self, key: bytes, data: bytes) -> bytes:
+        """Run whole blocks through a pooled ECB context for ``key`` (ECB holds nothing back)."""
+        context = self.take(key)
+        out: bytes = context.update(data)
+        self.give(key, context)
+        return out
+
 
 _TDES_ECB_ENCRYPT = _ContextPool(
     lambda key: Cipher(TripleDES(tdes_key_24(key)), modes.ECB()).encryptor()
@@ -126,19 +133,13 @@ def _check_iv(iv: bytes, block_size: int) -> None:
 def encrypt_tdes_ecb(key: bytes, data: bytes) -> bytes:
     """Encrypt whole 8-byte blocks with DES/TDES in ECB mode."""
     _check_blocks(data, DES_BLOCK_SIZE)
-    encryptor = _TDES_ECB_ENCRYPT.take(key)
-    out: bytes = encryptor.update(data)  # whole blocks: ECB holds nothing back
-    _TDES_ECB_ENCRYPT.give(key, encryptor)
-    return out
+    return _TDES_ECB_ENCRYPT.update(key, data)
 
 
 def decrypt_tdes_ecb(key: bytes, data: bytes) -> bytes:
     """Decrypt whole 8-byte blocks with DES/TDES in ECB mode."""
     _check_blocks(data, DES_BLOCK_SIZE)
-    decryptor = _TDES_ECB_DECRYPT.take(key)
-    out: bytes = decryptor.update(data)
-    _TDES_ECB_DECRYPT.give(key, decryptor)
-    return out
+    return _TDES_ECB_DECRYPT.update(key, data)
 
 
 def encrypt_tdes_cbc(key: bytes, iv: bytes, data: bytes) -> bytes:
