@@ -169,6 +169,10 @@ class _Connection:
                 extra={"conn": self.label, "error": str(error)},
             )
         finally:
+            # Leave the set in the same step as the slot is released, so the set never holds
+            # more tasks than there are slots (the done callback alone runs a step later, after
+            # the reader may already have started new tasks into the freed slots).
+            self.in_flight.discard(asyncio.current_task())
             self.slots.release()
 
     def flush(self) -> None:

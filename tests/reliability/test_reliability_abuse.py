@@ -246,8 +246,8 @@ def test_pipelining_thousands_is_bounded_and_others_keep_their_latency(tmp_path:
         assert closed
         # Everything answered (a clean close would also be allowed; it did not happen here).
         assert len(answers) == pipelined and set(answers) == {"00"}
-        # The semaphore bounds the tasks; the set may briefly hold one finishing task more.
-        assert 1 <= in_flight_seen[0] <= in_flight_max + 1
+        # The semaphore bounds the tasks, and a task leaves the set as it frees its slot.
+        assert 1 <= in_flight_seen[0] <= in_flight_max
         p50, p99 = percentile(latencies, 0.50), percentile(latencies, 0.99)
         print(
             f"\npipelining {pipelined} requests (in_flight_per_connection_max={in_flight_max}): "
