@@ -65,6 +65,7 @@ from ledger.model import (
     TransferStatus,
     apply_transfer,
     check_transfer,
+    effective_pending_state,
 )
 from ledger.store import (
     EVENT_SCHEMA_VERSION,
@@ -663,8 +664,7 @@ class _Batch:
             )
             if found is not None:
                 pending, state, expires = found
-                if state is PendingState.PENDING and expires is not None and expires <= job.now:
-                    state = PendingState.EXPIRED
+                state = effective_pending_state(state, expires, job.now)
         status = check_transfer(transfer, debit, credit, None, pending, state)
         if status is not TransferStatus.CREATED:
             raise TransferRejected(status, transfer)

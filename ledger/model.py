@@ -57,6 +57,14 @@ class PendingState(enum.Enum):
     EXPIRED = "expired"
 
 
+def effective_pending_state(state: PendingState, expires_at: str | None, now: str) -> PendingState:
+    """A hold's state as of ``now``: a pending hold past its timeout is expired, even before
+    the sweep has recorded it (``expires_at`` and ``now`` are UTC ISO 8601 texts)."""
+    if state is PendingState.PENDING and expires_at is not None and expires_at <= now:
+        return PendingState.EXPIRED
+    return state
+
+
 class TransferCode(enum.IntEnum):
     """Why money moved. Values never change: they are stored."""
 

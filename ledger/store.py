@@ -62,6 +62,7 @@ from ledger.model import (
     TransferFlags,
     TransferStatus,
     check_transfer,
+    effective_pending_state,
     posted_amount,
 )
 
@@ -521,10 +522,7 @@ class Store:
         ).one_or_none()
         if row is None:
             return None
-        state = PendingState(row.state)
-        if state is PendingState.PENDING and row.expires_at is not None and row.expires_at <= now:
-            return PendingState.EXPIRED  # past its timeout even if not yet swept
-        return state
+        return effective_pending_state(PendingState(row.state), row.expires_at, now)
 
     def create_transfers(
         self,

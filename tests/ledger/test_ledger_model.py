@@ -16,6 +16,7 @@ from ledger.model import (
     TransferStatus,
     apply_transfer,
     check_transfer,
+    effective_pending_state,
 )
 
 IRR = 364
@@ -262,3 +263,15 @@ def test_account_balance_credit_and_available_credit(
     account = _account(9, **totals)
     assert account.balance_credit == balance
     assert account.available_credit == available
+
+
+def test_a_pending_hold_is_expired_from_its_timeout_on() -> None:
+    at = "2026-12-04T10:00:00+00:00"
+    before, after = "2026-12-04T09:59:59+00:00", "2026-12-04T10:00:01+00:00"
+    assert effective_pending_state(PendingState.PENDING, at, before) is PendingState.PENDING
+    assert effective_pending_state(PendingState.PENDING, at, at) is PendingState.EXPIRED
+    assert effective_pending_state(PendingState.PENDING, at, after) is PendingState.EXPIRED
+    assert effective_pending_state(PendingState.PENDING, None, after) is PendingState.PENDING
+    # A resolved hold keeps its state whatever the clock says.
+    for state in (PendingState.POSTED, PendingState.VOIDED, PendingState.EXPIRED):
+        assert effective_pending_state(state, at, after) is state
