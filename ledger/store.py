@@ -70,7 +70,6 @@ log = logging.getLogger("honar.ledger")
 
 # PostgreSQL deadlock_detected and serialization_failure: the job is retried after the commit.
 RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
-LOCK_RETRIES_MAX = 5
 WRITE_TRANSACTION = "honar_write"  # connection.info flag: BEGIN IMMEDIATE on SQLite
 NEW_TRANSFERS = "honar_new_transfers"  # connection.info key: transfers to seal into the journal
 EVENT_SCHEMA_VERSION = 1

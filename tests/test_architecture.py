@@ -20,10 +20,12 @@ PURE_FILES = (
     "switch/framing.py",
     "switch/requests.py",
     "switch/authorize.py",
+    "switch/flows.py",
     "switch/calendar.py",
     "ledger/model.py",
     "ledger/domain.py",
     "merchants/directory.py",
+    "merchants/discounts.py",
 )
 PURE_GLOBS = ("switch/dialects/*.py", "hsm_sim/*.py")
 # The HSM's network face, when it exists, is transport and may use sockets.
