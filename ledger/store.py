@@ -273,8 +273,9 @@ def create_ledger_engine(url: str) -> Engine:
         def _begin(connection: Connection) -> None:
             # A writer takes the write lock at BEGIN: a deferred transaction that reads first
             # cannot wait for another writer later (SQLite answers "database is locked" at once).
-            # Straight on the driver's connection: through exec_driver_sql this one statement
-            # cost more than the rest of BEGIN and COMMIT together (about 15 µs per batch).
+            # Straight on the driver's connection: through exec_driver_sql, SQLAlchemy's
+            # execution machinery made BEGIN cost 31 µs per batch in the commit thread (16 now;
+            # docs/benchmarks.md, run 5).
             immediate = connection.info.get(WRITE_TRANSACTION)
             driver = connection.connection.driver_connection
             assert driver is not None
