@@ -262,21 +262,11 @@ class TimedGroupCommitter(GroupCommitter):
 
 
 class TimedHsmPort:
-    """An :class:`switch.hsm_port.HsmPort` that times every call of the port it wraps.
+    """An :class:`switch.hsm_port.HsmPort` that times every call of the port it wraps."""
 
-    ``on_working_key`` (optional) hears every working key generated, with the TMK it was
-    generated under.
-    """
-
-    def __init__(
-        self,
-        port: HsmPort,
-        metrics: Metrics,
-        on_working_key: Callable[[str, str, WorkingKey], None] | None = None,
-    ) -> None:
+    def __init__(self, port: HsmPort, metrics: Metrics) -> None:
         self.port = port
         self.metrics = metrics
-        self.on_working_key = on_working_key
 
     async def _timed(self, command: str, call: Awaitable[Any]) -> Any:
         started = time.perf_counter()
@@ -340,8 +330,6 @@ class TimedHsmPort:
         """See :meth:`HsmPort.generate_working_key`."""
         call = self.port.generate_working_key(tmk_lmk, key_type)
         key: WorkingKey = await self._timed("generate_working_key", call)
-        if self.on_working_key is not None:
-            self.on_working_key(tmk_lmk, key_type, key)
         return key
 
 
