@@ -141,12 +141,17 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds used so far by every thread of process ``pid``."""
-    text = Path(f"/proc/{pid}/stat").read_text()
+def stat_cpu_seconds(stat_file: str) -> float:
+    """User + system CPU seconds in a Linux ``/proc/.../stat`` file (a process or a thread)."""
+    text = Path(stat_file).read_text()
     fields = text[text.rindex(")") + 2 :].split()
     # After "pid (comm) ", field 3 (state) is index 0: utime is field 14, stime field 15.
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by every thread of process ``pid``."""
+    return stat_cpu_seconds(f"/proc/{pid}/stat")
 
 
 def _pin_to(cpu: int) -> None:

@@ -21,20 +21,18 @@ import tempfile
 import threading
 import time
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
+from scripts.bench import stat_cpu_seconds
 from scripts.load import build_requests, default_stan_start
 from switch.config import Config, LedgerConfig, SwitchConfig
 
 REQUESTS_MAX = 200_000
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def thread_cpu_s(native_id: int) -> float:
     """user + system CPU seconds of one thread of this process (Linux /proc)."""
-    fields = Path(f"/proc/self/task/{native_id}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return stat_cpu_seconds(f"/proc/self/task/{native_id}/stat")
 
 
 async def _drive(app: Any, payloads: list[bytes], in_flight: int) -> float:
