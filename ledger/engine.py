@@ -56,6 +56,8 @@ from ledger.domain import (
     TransactionRecord,
 )
 from ledger.model import (
+    FLAG_PENDING,
+    FLAG_POST_PENDING,
     Account,
     AccountFlags,
     PendingState,
@@ -196,10 +198,6 @@ def _record_is_rule_use(record: TransactionRecord) -> int:
 # The outbox payload's encoding. ``json.dumps`` with options builds a new encoder per call;
 # this one is built once and gives the same text.
 _EVENT_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False)
-
-# Flag values as plain ints: ``IntFlag`` operators run Python code per use (see ledger.model).
-_PENDING = int(TransferFlags.PENDING)
-_POST_PENDING = int(TransferFlags.POST_PENDING)
 
 
 def decision_event(
@@ -674,7 +672,7 @@ class _Batch:
         changes.accounts[credit.id] = credit
         changes.transfers.append((transfer, transaction_id))
         flags = int(transfer.flags)
-        if flags & _PENDING:
+        if flags & FLAG_PENDING:
             expires = None
             if transfer.timeout_s:
                 expires = (
@@ -685,7 +683,7 @@ class _Batch:
                 (transfer.id, PendingState.PENDING.value, transfer.amount, expires, None)
             )
         elif pending is not None:
-            resolved = PendingState.POSTED if flags & _POST_PENDING else PendingState.VOIDED
+            resolved = PendingState.POSTED if flags & FLAG_POST_PENDING else PendingState.VOIDED
             changes.pending[pending.id] = (pending, resolved, None)
             changes.state_updates.append((resolved.value, transfer.id, pending.id))
 

@@ -37,13 +37,14 @@ class TransferFlags(enum.IntFlag):
     VOID_PENDING = 8  # releases the pending transfer ``pending_id``
 
 
-# The flag values as plain ints, for the checks below: an ``IntFlag`` operator (``&``, ``|``)
-# builds a new enum member in Python code each time, which made these flag tests a visible
-# share of the authorization engine's CPU per job.
-_PENDING = int(TransferFlags.PENDING)
-_RESOLVING = int(TransferFlags.POST_PENDING | TransferFlags.VOID_PENDING)
-_KINDS = _PENDING | _RESOLVING
-_VOID_PENDING = int(TransferFlags.VOID_PENDING)
+# The flag values as plain ints, for the checks below and the authorization engine's: an
+# ``IntFlag`` operator (``&``, ``|``) builds a new enum member in Python code each time, which
+# made these flag tests a visible share of the engine's CPU per job.
+FLAG_PENDING = int(TransferFlags.PENDING)
+FLAG_POST_PENDING = int(TransferFlags.POST_PENDING)
+FLAG_VOID_PENDING = int(TransferFlags.VOID_PENDING)
+_RESOLVING = FLAG_POST_PENDING | FLAG_VOID_PENDING
+_KINDS = FLAG_PENDING | _RESOLVING
 _DEBITS_LIMITED = int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS)
 _CREDITS_LIMITED = int(AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS)
 
@@ -174,7 +175,7 @@ def check_transfer(
         return TransferStatus.PENDING_ID_MUST_BE_SET
     if not resolving and transfer.pending_id is not None:
         return TransferStatus.PENDING_ID_MUST_NOT_BE_SET
-    if transfer.timeout_s and not kinds & _PENDING:
+    if transfer.timeout_s and not kinds & FLAG_PENDING:
         return TransferStatus.TIMEOUT_RESERVED_FOR_PENDING_TRANSFER
     if resolving:
         return _check_resolution(transfer, debit, credit, pending, pending_state)
@@ -194,7 +195,7 @@ def _check_resolution(
         return TransferStatus.AMOUNT_MUST_BE_POSITIVE
     if pending is None:
         return TransferStatus.PENDING_TRANSFER_NOT_FOUND
-    if not int(pending.flags) & _PENDING:
+    if not int(pending.flags) & FLAG_PENDING:
         return TransferStatus.PENDING_TRANSFER_NOT_PENDING
     if state is PendingState.POSTED:
         return TransferStatus.PENDING_TRANSFER_ALREADY_POSTED
@@ -238,7 +239,7 @@ def apply_transfer(
 ) -> tuple[Account, Account]:
     """The two accounts after ``transfer`` (which :func:`check_transfer` has accepted)."""
     flags = int(transfer.flags)
-    if flags & _PENDING:
+    if flags & FLAG_PENDING:
         return (
             _moved(debit, debits_pending=transfer.amount),
             _moved(credit, credits_pending=transfer.amount),
@@ -280,6 +281,6 @@ def _moved(
 
 def posted_amount(transfer: Transfer, pending: Transfer) -> int:
     """What a post or void moves to the posted totals (a void: nothing; a post of 0: all)."""
-    if int(transfer.flags) & _VOID_PENDING:
+    if int(transfer.flags) & FLAG_VOID_PENDING:
         return 0
     return transfer.amount or pending.amount
