@@ -180,7 +180,8 @@ _INSERT_JOURNAL = "INSERT INTO journal (seq, transfer_id, prev_hash, hash) VALUE
 _RULE_USE_KINDS = ("purchase", "completion")
 _COUNT_RULE_USES = (
     "SELECT COUNT(*) FROM transactions WHERE member_id = ? AND discount_rule = ? "
-    "AND business_date >= ? AND response_code = '00' AND kind IN ('purchase', 'completion') "
+    "AND business_date >= ? AND response_code = '00' "
+    f"AND kind IN ({', '.join(repr(kind) for kind in _RULE_USE_KINDS)}) "
     "AND reversed_amount < amount"
 )
 
