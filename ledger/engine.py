@@ -73,6 +73,7 @@ from ledger.store import (
     EVENT_SCHEMA_VERSION,
     NEW_TRANSFERS,
     RETRYABLE_SQLSTATES,
+    TOPIC_TRANSACTIONS_PREFIX,
     LedgerError,
     Store,
     TransferRejected,
@@ -626,7 +627,7 @@ class _Batch:
         payload = decision_event(job, outcome, rrn, auth_id, transaction_id)
         changes.event = (
             payload["event_id"],
-            f"transactions/{job.kind}",
+            f"{TOPIC_TRANSACTIONS_PREFIX}{job.kind}",
             _EVENT_JSON.encode(payload),
             job.now,
         )

@@ -50,17 +50,9 @@ from sqlalchemy import (
     update,
 )
 
-from ledger.store import write_transaction
-
-# The payload format version (the ``schema`` field). Store.add_event writes the same number.
-EVENT_SCHEMA_VERSION = 1
-
-TOPIC_DISBURSEMENTS_BATCH = "disbursements/batch"
-TOPIC_SETTLEMENT_CUTOVER = "settlement/cutover"
-TOPIC_KEYS_EXCHANGE = "keys/exchange"
-TOPIC_ALERTS_VELOCITY = "alerts/velocity"
-TOPIC_HOLDS_EXPIRED = "holds/expired"
-TOPIC_TRANSACTIONS_PREFIX = "transactions/"
+# The payload format version (the ``schema`` field) and the event topics (``TOPIC_*``) live in
+# ledger.store with Store.add_event, which writes events too: this module imports the store.
+from ledger.store import EVENT_SCHEMA_VERSION, write_transaction
 
 # Relative topics: lowercase words separated by "/", no wildcards, no leading or trailing "/".
 _TOPIC = re.compile(r"[a-z0-9_-]+(/[a-z0-9_-]+)*", flags=re.ASCII)
@@ -166,11 +158,11 @@ def event_body(payload: Mapping[str, Any]) -> dict[str, Any]:
 def add_event(connection: Connection, topic: str, payload: Mapping[str, Any], now: str) -> str:
     """Write one event in the caller's transaction (with the ledger effect it reports).
 
-    ``topic`` is relative (e.g. :data:`TOPIC_SETTLEMENT_CUTOVER`); ``payload`` must carry
-    ``type`` and ``time`` and must not hold a PAN (masked ``pan_masked`` only), a key or PIN
-    data: anything PAN-shaped raises :class:`EventRefused` and the caller's transaction should
-    roll back. Give ``event_id`` when the event must be idempotent (a retried batch writes the
-    same id and the unique constraint refuses the duplicate). Returns the event id.
+    ``topic`` is relative (e.g. :data:`ledger.store.TOPIC_SETTLEMENT_CUTOVER`); ``payload``
+    must carry ``type`` and ``time`` and must not hold a PAN (masked ``pan_masked`` only), a key
+    or PIN data: anything PAN-shaped raises :class:`EventRefused` and the caller's transaction
+    should roll back. Give ``event_id`` when the event must be idempotent (a retried batch writes
+    the same id and the unique constraint refuses the duplicate). Returns the event id.
     """
     check_topic(topic)
     body = event_body(payload)

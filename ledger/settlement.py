@@ -51,7 +51,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ledger import schema
 from ledger.model import TransferCode, TransferFlags
-from ledger.store import Store
+from ledger.store import TOPIC_SETTLEMENT_CUTOVER, Store
 
 FORMAT = "honar-settlement/1"
 CAMT_VERSION = "camt.053.001.08"
@@ -223,7 +223,7 @@ def close_business_date(
             # The cutover is an event too, in the same transaction as the close.
             store.add_event(
                 connection,
-                "settlement/cutover",
+                TOPIC_SETTLEMENT_CUTOVER,
                 {
                     "event_id": f"cutover-{business_date.isoformat()}",
                     "type": "cutover",

@@ -72,7 +72,13 @@ log = logging.getLogger("honar.ledger")
 RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
 WRITE_TRANSACTION = "honar_write"  # connection.info flag: BEGIN IMMEDIATE on SQLite
 NEW_TRANSFERS = "honar_new_transfers"  # connection.info key: transfers to seal into the journal
-EVENT_SCHEMA_VERSION = 1
+EVENT_SCHEMA_VERSION = 1  # the events' payload format version (their ``schema`` field)
+TOPIC_DISBURSEMENTS_BATCH = "disbursements/batch"
+TOPIC_SETTLEMENT_CUTOVER = "settlement/cutover"
+TOPIC_KEYS_EXCHANGE = "keys/exchange"
+TOPIC_ALERTS_VELOCITY = "alerts/velocity"
+TOPIC_HOLDS_EXPIRED = "holds/expired"
+TOPIC_TRANSACTIONS_PREFIX = "transactions/"
 BULK_CHUNK_ROWS = 10_000  # rows per executemany in bulk operations (bounds one statement's memory)
 IN_CHUNK_MAX = 5_000  # values per SQL IN list
 CARD_STATES = ("active", "blocked")
@@ -631,7 +637,7 @@ class Store:
                 ).one()
                 self.add_event(
                     connection,
-                    "holds/expired",
+                    TOPIC_HOLDS_EXPIRED,
                     {
                         "event_id": f"expire-{transaction_id}",
                         "type": "hold_expired",
@@ -875,7 +881,7 @@ class Store:
                 .values(tpk=tpk, tak=tak)
             )
             if event is not None:
-                self.add_event(connection, "keys/exchange", event, now=now)
+                self.add_event(connection, TOPIC_KEYS_EXCHANGE, event, now=now)
 
     # --- administration: members, cards, settings ---------------------------------------------
 
@@ -1088,7 +1094,7 @@ class Store:
         assert record is not None
         self.add_event(
             connection,
-            "disbursements/batch",
+            TOPIC_DISBURSEMENTS_BATCH,
             {
                 "event_id": f"disbursement-{batch.batch_id}",
                 "type": "disbursement",

@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ledger.domain import mask_pan
-from ledger.outbox import TOPIC_ALERTS_VELOCITY
+from ledger.store import TOPIC_ALERTS_VELOCITY
 from switch.config import VelocityConfig
 
 if TYPE_CHECKING:
