@@ -14,7 +14,7 @@ from scripts.replay import ReplayOptions, parse_fields, parse_target, plan, repl
 from scripts.trace import mask
 from switch.cli import main
 from switch.codec import Message, decode, encode
-from switch.config import TraceConfig
+from switch.config import Config, TraceConfig
 from switch.dialects import get_dialect
 from switch.trace import TraceRecord, read_trace
 
@@ -25,13 +25,18 @@ M0002 = ("6362149173324546", "4321")
 M0006 = ("6362144899564327", "9876")
 
 
-def record_session(tmp_path: Path) -> Path:
-    """Run a scripted session against a tracing switch; return the trace file."""
-    trace_dir = tmp_path / "trace"
-    config = replace(
+def tracing_config(tmp_path: Path, trace_dir: Path) -> Config:
+    """A switch config for a recording: its data under tmp_path/recorded, its trace in trace_dir."""
+    return replace(
         make_config(tmp_path / "recorded"),
         trace=TraceConfig(enabled=True, directory=str(trace_dir)),
     )
+
+
+def record_session(tmp_path: Path) -> Path:
+    """Run a scripted session against a tracing switch; return the trace file."""
+    trace_dir = tmp_path / "trace"
+    config = tracing_config(tmp_path, trace_dir)
     terminal = PosTerminal.demo("HNR00004")
     with running_switch(config) as switch:
 
@@ -181,10 +186,7 @@ def test_replay_against_a_switch_with_a_changed_discount_rule_reports_it(
 ) -> None:
     """A hotel purchase recorded under HOTEL20 (20 %), replayed where the rule gives 10 %."""
     trace_dir = tmp_path / "trace"
-    config = replace(
-        make_config(tmp_path / "recorded"),
-        trace=TraceConfig(enabled=True, directory=str(trace_dir)),
-    )
+    config = tracing_config(tmp_path, trace_dir)
     hotel = PosTerminal.demo("HNR00001")
     with running_switch(config) as switch:
 
