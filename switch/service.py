@@ -54,6 +54,7 @@ from switch.codec import CodecError, Message, decode, encode, encode_for_mac, ma
 from switch.dialects import Dialect, shetab87
 from switch.flows import FlowContext
 from switch.hsm_port import HsmPort, HsmUnavailable
+from switch.logs import log_fields
 from switch.requests import (
     NETWORK_ECHO,
     NETWORK_KEY_EXCHANGE,
@@ -204,9 +205,11 @@ class Service:
         )
         for observer in self.observers:
             observer(decision)
-        log.info(
+        log_fields(
+            log,
+            logging.INFO,
             "answered",
-            extra={
+            {
                 "peer": peer,
                 "mti": message.mti,
                 "tid": terminal.id,

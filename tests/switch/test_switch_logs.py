@@ -107,3 +107,70 @@ def test_timestamps_match_datetime_to_the_microsecond() -> None:
         theirs = datetime.fromtimestamp(created, UTC)
         assert abs((ours - theirs).total_seconds()) <= 1e-6
         assert formatter._timestamp(created).endswith("+00:00")
+
+
+FIELDS = {"peer": "p", "tid": "HNR00004", "pan": "6362144899564327", "tpk": "U1", "n": 7}
+
+
+def root_setup(monkeypatch: pytest.MonkeyPatch, level: str = "INFO") -> io.StringIO:
+    """setup_logging's set-up on the root logger, writing to a StringIO (restored after)."""
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])
+    monkeypatch.setattr(root, "level", root.level)
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stream)
+    logs.setup_logging(level, buffered=True)
+    return stream
+
+
+def test_log_fields_writes_the_line_a_record_would(monkeypatch: pytest.MonkeyPatch) -> None:
+    stream = root_setup(monkeypatch)
+    monkeypatch.setattr(logs.time, "time", lambda: 1764872400.25)
+    logger = logging.getLogger("honar.test.fast")
+    handler = logging.getLogger().handlers[0]
+    assert logs._direct_handler(logger, logging.INFO) is handler  # the direct path is taken
+    logs.log_fields(logger, logging.INFO, "answered", dict(FIELDS))
+    logger.info("answered", extra=dict(FIELDS))
+    handler.flush()
+    direct, through_logging = stream.getvalue().splitlines()
+    assert direct == through_logging
+    entry = json.loads(direct)
+    assert entry["pan"] == "636214******4327" and "tpk" not in entry
+    assert entry["t"] == "2025-12-04T18:20:00.250000+00:00"
+
+
+def test_log_fields_honours_the_level(monkeypatch: pytest.MonkeyPatch) -> None:
+    stream = root_setup(monkeypatch, "WARNING")
+    logs.log_fields(logging.getLogger("honar.test.fast"), logging.INFO, "answered", {"a": 1})
+    logs.flush_logs()
+    assert stream.getvalue() == ""
+
+
+def test_log_fields_goes_through_logging_when_another_handler_listens(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    root_setup(monkeypatch)
+    logger = logging.getLogger("honar.test.fast")
+    logging.getLogger().addHandler(caplog.handler)  # a second handler on the root
+    assert logs._direct_handler(logger, logging.INFO) is None
+    logs.log_fields(logger, logging.INFO, "answered", {"tid": "HNR00004"})
+    assert [(r.getMessage(), getattr(r, "tid", None)) for r in caplog.records] == [
+        ("answered", "HNR00004")
+    ]
+
+
+def test_log_fields_refuses_record_attribute_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    root_setup(monkeypatch)
+    with pytest.raises(KeyError, match="record's attributes"):
+        logs.log_fields(logging.getLogger("honar.test.fast"), logging.INFO, "x", {"msg": "y"})
+
+
+def test_direct_handler_needs_the_plain_set_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    root_setup(monkeypatch)
+    logger = logging.getLogger("honar.test.fast.child")
+    assert logs._direct_handler(logger, logging.INFO) is not None
+    monkeypatch.setattr(logger, "propagate", False)
+    assert logs._direct_handler(logger, logging.INFO) is None
+    monkeypatch.setattr(logger, "propagate", True)
+    monkeypatch.setattr(logger, "filters", [logging.Filter("other")])
+    assert logs._direct_handler(logger, logging.INFO) is None
