@@ -55,6 +55,7 @@ from ledger.domain import (
     TransactionKey,
     TransactionRecord,
 )
+from ledger.jsonenc import json_encoder
 from ledger.model import (
     FLAG_PENDING,
     FLAG_POST_PENDING,
@@ -197,9 +198,10 @@ def _record_is_rule_use(record: TransactionRecord) -> int:
     )
 
 
-# The outbox payload's encoding. ``json.dumps`` with options builds a new encoder per call;
-# this one is built once and gives the same text.
-_EVENT_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False)
+# The outbox payload's and the stored response's encodings, as ``json.dumps`` with the same
+# options writes them, with the encoder built once (ledger.jsonenc).
+_EVENT_JSON = json_encoder(sort_keys=True, ensure_ascii=False)
+_RESPONSE_JSON = json_encoder()
 
 
 def decision_event(
@@ -608,7 +610,7 @@ class _Batch:
             response_code=outcome.response_code,
             rrn=rrn,
             auth_id=auth_id,
-            response_json=json.dumps({str(k): v for k, v in sorted(fields.items())}),
+            response_json=_RESPONSE_JSON({str(k): v for k, v in sorted(fields.items())}),
             business_date=job.business_date,
             created_at=job.now,
         )
@@ -628,7 +630,7 @@ class _Batch:
         changes.event = (
             payload["event_id"],
             f"{TOPIC_TRANSACTIONS_PREFIX}{job.kind}",
-            _EVENT_JSON.encode(payload),
+            _EVENT_JSON(payload),
             job.now,
         )
         self._merge(job, changes, fields, outcome.response_code)

@@ -16,6 +16,8 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from ledger.jsonenc import json_encoder
+
 PAN_LENGTH_MIN = 13  # the shortest PAN _PAN matches: 6 + 3 + 4 digits
 _PAN = re.compile(r"(?<!\d)(\d{6})(\d{3,9})(\d{4})(?!\d)")
 _SECRET_NAMES = ("pin", "key", "cvv", "track", "tpk", "tak", "tmk", "bdk", "lmk")
@@ -60,7 +62,7 @@ def _is_secret(name: str) -> bool:
 
 
 # One encoder for every line: json.dumps with options builds a new encoder per call.
-_ENCODER = json.JSONEncoder(default=str, ensure_ascii=False)
+_ENCODER = json_encoder(default=str, ensure_ascii=False)
 
 
 class JsonFormatter(logging.Formatter):
@@ -119,7 +121,7 @@ class JsonFormatter(logging.Formatter):
                 entry[name] = _masked(value)
         if exc is not None:
             entry["exc"] = mask_pans(exc)
-        return _ENCODER.encode(entry)
+        return _ENCODER(entry)
 
 
 LOG_FLUSH_INTERVAL_S = 0.1  # a buffered line waits at most about this long to be written

@@ -24,6 +24,7 @@ PURE_FILES = (
     "switch/calendar.py",
     "ledger/model.py",
     "ledger/domain.py",
+    "ledger/jsonenc.py",
     "merchants/directory.py",
     "merchants/discounts.py",
 )
