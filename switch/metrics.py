@@ -18,16 +18,22 @@ The registry is not the process-global one, so several switches (tests) can live
 from __future__ import annotations
 
 import asyncio
+import bisect
 import concurrent.futures
 import logging
+import math
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 from prometheus_client.registry import Collector
 
 from hsm_sim.hsm import MacDirection, PinCheck, WorkingKey
@@ -54,33 +60,125 @@ HSM_BUCKETS_S = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
+class LightHistogram(Collector):
+    """A histogram for the per-request path: plain counts under one lock, exported in
+    Prometheus' histogram form at scrape time (``_bucket`` with ``le``, ``_count``, ``_sum``).
+
+    ``prometheus_client``'s own histogram takes a lock per bucket and per sum and walks its
+    buckets in Python: with four observations per purchase that was about 2 % of the switch's
+    CPU (docs/benchmarks.md). Label values are given as a tuple to :meth:`observe`.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labels: Sequence[str],
+        buckets: Sequence[float],
+        registry: CollectorRegistry,
+    ) -> None:
+        if list(buckets) != sorted(set(buckets)) or not buckets:
+            raise ValueError(f"{name}: buckets must be increasing, got {buckets}")
+        self.name, self.documentation = name, documentation
+        self.label_names = tuple(labels)
+        self.bounds = tuple(float(b) for b in buckets)
+        self._lock = threading.Lock()
+        # label values -> [count per bucket ..., count above the last bound, sum]
+        self._series: dict[tuple[str, ...], list[float]] = {}
+        registry.register(self)
+
+    def observe(self, value: float, labels: tuple[str, ...] = ()) -> None:
+        """Count one observation (``le`` buckets: a value equal to a bound counts in it)."""
+        index = bisect.bisect_left(self.bounds, value)
+        with self._lock:
+            series = self._series.get(labels)
+            if series is None:
+                if len(labels) != len(self.label_names):
+                    raise ValueError(f"{self.name}: labels {self.label_names}, got {labels}")
+                series = self._series[labels] = [0] * (len(self.bounds) + 2)
+            series[index] += 1
+            series[-1] += value
+
+    def collect(self) -> Iterable[Metric]:
+        """See :class:`prometheus_client.registry.Collector`."""
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.label_names)
+        with self._lock:
+            snapshot = [(labels, list(series)) for labels, series in self._series.items()]
+        for labels, series in snapshot:
+            cumulative, buckets = 0.0, []
+            for bound, count in zip((*self.bounds, math.inf), series[:-1], strict=True):
+                cumulative += count
+                buckets.append((("+Inf" if bound == math.inf else repr(bound)), cumulative))
+            family.add_metric(list(labels), buckets, sum_value=series[-1])
+        yield family
+
+
+class LightCounter(Collector):
+    """A labelled counter for the per-request path, kept as plain numbers (see
+    :class:`LightHistogram`); exported as ``<name>_total``."""
+
+    def __init__(
+        self, name: str, documentation: str, labels: Sequence[str], registry: CollectorRegistry
+    ) -> None:
+        self.name, self.documentation = name, documentation
+        self.label_names = tuple(labels)
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[str, ...], float] = {}
+        registry.register(self)
+
+    def inc(self, labels: tuple[str, ...], amount: float = 1) -> None:
+        """Add ``amount`` to the count of ``labels``."""
+        with self._lock:
+            found = self._counts.get(labels)
+            if found is None:
+                if len(labels) != len(self.label_names):
+                    raise ValueError(f"{self.name}: labels {self.label_names}, got {labels}")
+                found = 0
+            self._counts[labels] = found + amount
+
+    def collect(self) -> Iterable[Metric]:
+        """See :class:`prometheus_client.registry.Collector`."""
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.label_names)
+        with self._lock:
+            snapshot = list(self._counts.items())
+        for labels, count in snapshot:
+            family.add_metric(list(labels), count)
+        yield family
+
+
 class Metrics:
     """Every metric of one switch, in its own registry."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter(
+        # the per-request metrics: light ones (LightHistogram)
+        self.requests = LightCounter(
             "honar_requests",
             "Requests answered, by request MTI and response code.",
             ["mti", "response_code"],
             registry=r,
         )
-        self.request_latency = Histogram(
+        self.request_latency = LightHistogram(
             "honar_request_duration_seconds",
             "Time from a request's bytes to its response's bytes, by flow.",
             ["flow"],
-            buckets=LATENCY_BUCKETS_S,
+            LATENCY_BUCKETS_S,
             registry=r,
         )
-        self.in_flight = Gauge(
-            "honar_requests_in_flight", "Requests received and not yet answered.", registry=r
+        self.in_flight = 0  # requests received and not yet answered (loop thread only)
+        r.register(
+            _GaugeFunction(
+                "honar_requests_in_flight",
+                "Requests received and not yet answered.",
+                lambda: self.in_flight,
+            )
         )
-        self.hsm_latency = Histogram(
+        self.hsm_latency = LightHistogram(
             "honar_hsm_duration_seconds",
             "Time the HSM took per command (as the switch waited for it).",
             ["command"],
-            buckets=HSM_BUCKETS_S,
+            HSM_BUCKETS_S,
             registry=r,
         )
         self.hsm_errors = Counter(
@@ -89,16 +187,18 @@ class Metrics:
             ["command"],
             registry=r,
         )
-        self.commit_batch_size = Histogram(
+        self.commit_batch_size = LightHistogram(
             "honar_ledger_commit_batch_size",
             "Authorization jobs per ledger database transaction (group commit).",
-            buckets=BATCH_SIZE_BUCKETS,
+            [],
+            BATCH_SIZE_BUCKETS,
             registry=r,
         )
-        self.commit_latency = Histogram(
+        self.commit_latency = LightHistogram(
             "honar_ledger_commit_duration_seconds",
             "Time to run and commit one batch of authorization jobs.",
-            buckets=LATENCY_BUCKETS_S,
+            [],
+            LATENCY_BUCKETS_S,
             registry=r,
         )
         self.events_published = Counter(
@@ -139,8 +239,8 @@ class Metrics:
 
     def observe(self, decision: Decision) -> None:
         """Decision observer: count the request and its latency."""
-        self.child(self.requests, decision.mti, decision.response_code).inc()
-        self.child(self.request_latency, decision.kind).observe(decision.elapsed_s)
+        self.requests.inc((decision.mti, decision.response_code))
+        self.request_latency.observe(decision.elapsed_s, (decision.kind,))
 
     def track_in_flight(
         self, handler: Callable[[bytes, str], Awaitable[bytes | None]]
@@ -148,11 +248,11 @@ class Metrics:
         """Wrap a server handler so that requests in flight are counted."""
 
         async def tracked(payload: bytes, peer: str) -> bytes | None:
-            self.in_flight.inc()
+            self.in_flight += 1
             try:
                 return await handler(payload, peer)
             finally:
-                self.in_flight.dec()
+                self.in_flight -= 1
 
         return tracked
 
@@ -276,8 +376,7 @@ class TimedHsmPort:
             self.metrics.child(self.metrics.hsm_errors, command).inc()
             raise
         finally:
-            elapsed = time.perf_counter() - started
-            self.metrics.child(self.metrics.hsm_latency, command).observe(elapsed)
+            self.metrics.hsm_latency.observe(time.perf_counter() - started, (command,))
 
     async def verify_mac(self, tak_lmk: str, data: bytes, mac: bytes) -> bool:
         """See :meth:`HsmPort.verify_mac`."""
