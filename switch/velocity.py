@@ -49,6 +49,8 @@ Emit = Callable[[str, Mapping[str, Any]], None]
 class _Card:
     declines: deque[float] = field(default_factory=deque)  # monotonic times of recent 55s
     buckets: dict[int, int] = field(default_factory=dict)  # minute number -> IRR approved
+    total: int = 0  # the sum of buckets
+    first_minute: int = 0  # no bucket is older than this minute
     amount_alerted_until: float = 0.0
 
 
@@ -113,11 +115,17 @@ class VelocityMonitor:
                 card.declines.clear()
         if approved_amount:
             minute = int(now // BUCKET_S)
-            card.buckets[minute] = card.buckets.get(minute, 0) + decision.amount
+            buckets = card.buckets
+            if not buckets:
+                card.first_minute = minute
+            buckets[minute] = buckets.get(minute, 0) + decision.amount
+            card.total += decision.amount
             oldest = minute - int(HOUR_S // BUCKET_S) + 1
-            for old in [m for m in card.buckets if m < oldest]:
-                del card.buckets[old]
-            total = sum(card.buckets.values())
+            if card.first_minute < oldest:  # a bucket has left the hour: drop it (O(1) else)
+                for old in [m for m in buckets if m < oldest]:
+                    card.total -= buckets.pop(old)
+                card.first_minute = min(buckets)
+            total = card.total
             if total > c.amount_hour_max and now >= card.amount_alerted_until:
                 alerts.append(
                     self._alert(

@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 from events_support import M0002, M0006, ask, full_pan_runs, send_all, with_events
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from ledger.outbox import EventRefused, Outbox, add_event, check_topic, pan_shaped_fields
@@ -166,6 +168,26 @@ def test_velocity_amount_rule_over_an_hour_once_per_hour() -> None:
     assert alert.rule == "amount_hour" and alert.payload["amount_total"] == 11_000
     assert monitor.check(decision(M0002[0], "00", 5_000)) == []  # once per hour
     assert monitor.check(decision(M0002[0], "00", 5_000, kind="refund")) == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 1500), st.integers(1, 10**9)), min_size=1, max_size=60))
+def test_velocity_hour_total_is_the_sum_of_the_last_sixty_minutes(
+    steps: list[tuple[float, int]],
+) -> None:
+    clock = FakeMonotonic()
+    limit = 10**18  # no alert: only the running total is under test
+    monitor = VelocityMonitor(VelocityConfig(amount_hour_max=limit), monotonic=clock)
+    seen: list[tuple[int, int]] = []  # (minute, amount), the reference
+    for step, amount in steps:
+        clock.now += step
+        assert monitor.check(decision(M0002[0], "00", amount)) == []
+        minute = int(clock.now // 60)
+        seen.append((minute, amount))
+        (card,) = monitor._cards.values()
+        assert card.total == sum(a for m, a in seen if m > minute - 60)
+        assert card.total == sum(card.buckets.values())
+        assert min(card.buckets) >= card.first_minute > minute - 60
 
 
 def test_velocity_state_is_bounded_by_cards_max() -> None:
