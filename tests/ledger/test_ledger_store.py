@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy import inspect as sa_inspect
 
 from hsm_sim.hsm import Hsm
 from hsm_sim.keys import Lmk
@@ -213,6 +214,10 @@ def test_migrate_applies_each_version_once(tmp_path: Path) -> None:
         assert ledger.migrate() == []
         assert ledger.schema_version() == max(versions)
         assert ledger.is_empty()
+        indexes = {i["name"] for i in sa_inspect(ledger.engine).get_indexes("transactions")}
+        # v2 made these two; v7 dropped them (unused, and a page per commit each)
+        assert not indexes & {"ix_transactions_card_day", "ix_transactions_hold"}
+        assert {"ix_transactions_rrn", "ix_transactions_day"} <= indexes
     finally:
         ledger.close()
     # A second process opening the same file finds the schema in place.
