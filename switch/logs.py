@@ -215,7 +215,7 @@ def _direct_handler(logger: logging.Logger, level: int) -> BufferedLineHandler |
 def log_fields(logger: logging.Logger, level: int, message: str, fields: dict[str, Any]) -> None:
     """``logger.log(level, message, extra=fields)``, and the same line, for the switch's hot
     path: with the set-up of :func:`setup_logging` the line is formatted and queued directly,
-    without a :class:`logging.LogRecord` or the handler chain (about 60 % of a line's cost,
+    without a :class:`logging.LogRecord` or the handler chain (about 40 % of a line's cost,
     docs/benchmarks.md). ``message`` is taken as is (no %-arguments)."""
     if not logger.isEnabledFor(level):
         return
