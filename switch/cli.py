@@ -107,7 +107,7 @@ def _serve(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    asyncio.run(serve(config, on_ready=ready))
+    asyncio.run(serve(config, on_ready=ready, tune_gc=True))
     return 0
 
 
