@@ -14,7 +14,7 @@ import re
 import sys
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from ledger.jsonenc import json_encoder
 
@@ -73,18 +73,20 @@ class JsonFormatter(logging.Formatter):
         # extra field name -> written or not (a secret-looking name is dropped); the names
         # are the code's own, so the table stays small
         self._kept: dict[str, bool] = {}
-        self._second = -1
-        self._second_text = ""
+        # (second, its text), replaced as one object: threads format lines concurrently
+        # (log_fields formats outside the handler's lock)
+        self._second: tuple[int, str] = (-1, "")
 
     def _timestamp(self, created: float) -> str:
         """ISO 8601 in UTC with microseconds; the part up to the second is built once per
         second (most lines of a busy switch share it)."""
         second = int(created)
-        if second != self._second:
-            self._second = second
-            self._second_text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        cached = self._second
+        if cached[0] != second:
+            text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+            cached = self._second = (second, text)
         micros = min(int((created - second) * 1_000_000), 999_999)
-        return f"{self._second_text}.{micros:06d}+00:00"
+        return f"{cached[1]}.{micros:06d}+00:00"
 
     def format(self, record: logging.LogRecord) -> str:
         """See :class:`logging.Formatter`."""
@@ -220,13 +222,13 @@ def log_fields(logger: logging.Logger, level: int, message: str, fields: dict[st
     if not logger.isEnabledFor(level):
         return
     if not _STANDARD.isdisjoint(fields):  # as logging.Logger.makeRecord refuses them
-        raise KeyError(f"log fields may not be named as a record's attributes: {sorted(fields)}")
+        clash = sorted(_STANDARD & fields.keys())
+        raise KeyError(f"log fields may not be named as a record's attributes: {clash}")
     handler = _direct_handler(logger, level)
     if handler is None:
         logger.log(level, message, extra=fields)
         return
-    formatter = handler.formatter
-    assert isinstance(formatter, JsonFormatter)
+    formatter = cast(JsonFormatter, handler.formatter)  # _direct_handler checked its type
     try:
         line = formatter.line(
             time.time(), logging.getLevelName(level), logger.name, message, fields

@@ -35,6 +35,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
 )
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from hsm_sim.hsm import MacDirection, PinCheck, WorkingKey
 from ledger.domain import AuthorizationJob, JobResult
@@ -60,6 +61,10 @@ HSM_BUCKETS_S = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
+# A bucket bound as prometheus_client writes it in ``le`` ("0.005", "1e+06", "+Inf").
+_le: Callable[[float], str] = floatToGoString
+
+
 class LightHistogram(Collector):
     """A histogram for the per-request path: plain counts under one lock, exported in
     Prometheus' histogram form at scrape time (``_bucket`` with ``le``, ``_count``, ``_sum``).
@@ -78,14 +83,21 @@ class LightHistogram(Collector):
         buckets: Sequence[float],
         registry: CollectorRegistry,
     ) -> None:
-        if list(buckets) != sorted(set(buckets)) or not buckets:
+        bounds = [float(b) for b in buckets]
+        if bounds and bounds[-1] == math.inf:  # the +Inf bucket is always there
+            bounds.pop()
+        if not bounds or bounds != sorted(set(bounds)):
             raise ValueError(f"{name}: buckets must be increasing, got {buckets}")
+        if "le" in labels:
+            raise ValueError(f"{name}: 'le' is the bucket label, not a label of its own")
         self.name, self.documentation = name, documentation
         self.label_names = tuple(labels)
-        self.bounds = tuple(float(b) for b in buckets)
+        self.bounds = tuple(bounds)
         self._lock = threading.Lock()
         # label values -> [count per bucket ..., count above the last bound, sum]
         self._series: dict[tuple[str, ...], list[float]] = {}
+        if not self.label_names:  # shown from the start, zeros, as prometheus_client does
+            self._series[()] = [0] * (len(self.bounds) + 2)
         registry.register(self)
 
     def observe(self, value: float, labels: tuple[str, ...] = ()) -> None:
@@ -109,7 +121,7 @@ class LightHistogram(Collector):
             cumulative, buckets = 0.0, []
             for bound, count in zip((*self.bounds, math.inf), series[:-1], strict=True):
                 cumulative += count
-                buckets.append((("+Inf" if bound == math.inf else repr(bound)), cumulative))
+                buckets.append((_le(bound), cumulative))
             family.add_metric(list(labels), buckets, sum_value=series[-1])
         yield family
 
@@ -128,7 +140,9 @@ class LightCounter(Collector):
         registry.register(self)
 
     def inc(self, labels: tuple[str, ...], amount: float = 1) -> None:
-        """Add ``amount`` to the count of ``labels``."""
+        """Add ``amount`` (not negative) to the count of ``labels``."""
+        if amount < 0:
+            raise ValueError(f"{self.name}: a counter only goes up, got {amount}")
         with self._lock:
             found = self._counts.get(labels)
             if found is None:
@@ -229,8 +243,8 @@ class Metrics:
     def child(self, metric: Any, *values: str) -> Any:
         """``metric.labels(*values)``, looked up once: ``labels`` costs more than the count.
 
-        Label values here are the switch's own (MTIs it answers, its response codes, flow
-        kinds, HSM command names, rule names), so the table stays small.
+        Label values here are the switch's own (HSM command names, velocity rule names), so
+        the table stays small.
         """
         key = (id(metric), values)
         found = self._children.get(key)

@@ -116,7 +116,7 @@ class VelocityMonitor:
         if approved_amount:
             minute = int(now // BUCKET_S)
             buckets = card.buckets
-            if not buckets:
+            if not buckets or minute < card.first_minute:  # (an injected clock may go back)
                 card.first_minute = minute
             buckets[minute] = buckets.get(minute, 0) + decision.amount
             card.total += decision.amount

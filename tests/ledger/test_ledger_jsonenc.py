@@ -64,4 +64,3 @@ def test_falls_back_to_json_encoder(monkeypatch: pytest.MonkeyPatch, make: Any) 
     encode = json_encoder(sort_keys=True)
     assert encode.__qualname__ == "JSONEncoder.encode"
     assert encode({"b": 1, "a": "é"}) == '{"a": "\\u00e9", "b": 1}'
-    assert jsonenc._SAMPLE  # the sample the check compares on is not empty

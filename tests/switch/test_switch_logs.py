@@ -5,6 +5,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
+import threading
+from collections.abc import Iterator
+from datetime import datetime
 
 import pytest
 
@@ -112,11 +116,19 @@ def test_timestamps_match_datetime_to_the_microsecond() -> None:
 FIELDS = {"peer": "p", "tid": "HNR00004", "pan": "6362144899564327", "tpk": "U1", "n": 7}
 
 
+@pytest.fixture(autouse=True)
+def root_level_restored() -> Iterator[None]:
+    """The root's level put back with setLevel, which also clears the loggers' level caches."""
+    level = logging.getLogger().level
+    yield
+    logging.getLogger().setLevel(level)
+
+
 def root_setup(monkeypatch: pytest.MonkeyPatch, level: str = "INFO") -> io.StringIO:
-    """setup_logging's set-up on the root logger, writing to a StringIO (restored after)."""
+    """setup_logging's set-up on the root logger, writing to a StringIO (restored after by
+    the autouse fixture below)."""
     root = logging.getLogger()
     monkeypatch.setattr(root, "handlers", [])
-    monkeypatch.setattr(root, "level", root.level)
     stream = io.StringIO()
     monkeypatch.setattr("sys.stderr", stream)
     logs.setup_logging(level, buffered=True)
@@ -125,18 +137,19 @@ def root_setup(monkeypatch: pytest.MonkeyPatch, level: str = "INFO") -> io.Strin
 
 def test_log_fields_writes_the_line_a_record_would(monkeypatch: pytest.MonkeyPatch) -> None:
     stream = root_setup(monkeypatch)
-    monkeypatch.setattr(logs.time, "time", lambda: 1764872400.25)
     logger = logging.getLogger("honar.test.fast")
     handler = logging.getLogger().handlers[0]
     assert logs._direct_handler(logger, logging.INFO) is handler  # the direct path is taken
-    logs.log_fields(logger, logging.INFO, "answered", dict(FIELDS))
+    with monkeypatch.context() as clock:
+        clock.setattr(logs.time, "time", lambda: 1764872400.25)
+        logs.log_fields(logger, logging.INFO, "answered", dict(FIELDS))
     logger.info("answered", extra=dict(FIELDS))
     handler.flush()
-    direct, through_logging = stream.getvalue().splitlines()
-    assert direct == through_logging
-    entry = json.loads(direct)
-    assert entry["pan"] == "636214******4327" and "tpk" not in entry
-    assert entry["t"] == "2025-12-04T18:20:00.250000+00:00"
+    direct, through_logging = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert direct["t"] == "2025-12-04T18:20:00.250000+00:00"
+    del direct["t"], through_logging["t"]  # (logging takes its own clock)
+    assert list(direct.items()) == list(through_logging.items())  # same fields, same order
+    assert direct["pan"] == "636214******4327" and "tpk" not in direct
 
 
 def test_log_fields_honours_the_level(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -161,8 +174,10 @@ def test_log_fields_goes_through_logging_when_another_handler_listens(
 
 def test_log_fields_refuses_record_attribute_names(monkeypatch: pytest.MonkeyPatch) -> None:
     root_setup(monkeypatch)
-    with pytest.raises(KeyError, match="record's attributes"):
-        logs.log_fields(logging.getLogger("honar.test.fast"), logging.INFO, "x", {"msg": "y"})
+    with pytest.raises(KeyError, match=r"record's attributes: \['msg'\]"):
+        logs.log_fields(
+            logging.getLogger("honar.test.fast"), logging.INFO, "x", {"msg": "y", "tid": "T"}
+        )
 
 
 def test_direct_handler_needs_the_plain_set_up(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -174,3 +189,31 @@ def test_direct_handler_needs_the_plain_set_up(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(logger, "propagate", True)
     monkeypatch.setattr(logger, "filters", [logging.Filter("other")])
     assert logs._direct_handler(logger, logging.INFO) is None
+    monkeypatch.setattr(logger, "filters", [])
+    monkeypatch.setattr(logging.getLogger().handlers[0], "level", logging.WARNING)
+    assert logs._direct_handler(logger, logging.INFO) is None  # the handler would drop it
+    assert logs._direct_handler(logger, logging.ERROR) is not None
+
+
+def test_timestamps_stay_right_when_threads_format_at_once() -> None:
+    formatter = JsonFormatter()
+    wrong: list[tuple[float, str]] = []
+
+    def work(base: float) -> None:
+        for step in range(2_000):
+            created = base + step * 0.5  # a new second every other line
+            text = formatter._timestamp(created)
+            if datetime.fromisoformat(text).timestamp() != pytest.approx(created, abs=1e-6):
+                wrong.append((created, text))
+
+    threads = [threading.Thread(target=work, args=(1764872400.0 + i * 10_000,)) for i in range(4)]
+    saved = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(saved)
+    assert wrong == []

@@ -81,3 +81,19 @@ def test_light_histogram_loses_no_count_across_threads() -> None:
         worker.join()
     assert registry.get_sample_value("h_count") == per_thread * threads
     assert registry.get_sample_value("h_bucket", {"le": "0.01"}) == per_thread * threads
+
+
+def test_unlabelled_histogram_shows_zeros_before_any_observation() -> None:
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    LightHistogram("batch", "doc", [], (1, 2, 4, 1e6, float("inf")), registry=ours)
+    Histogram("batch", "doc", buckets=(1, 2, 4, 1e6, float("inf")), registry=theirs)
+    assert exposition(ours) == exposition(theirs)  # "+Inf" once, "1e+06" as prometheus writes it
+    assert 'batch_bucket{le="1e+06"} 0.0' in exposition(ours)
+
+
+def test_light_metrics_refuse_a_le_label_and_a_negative_count() -> None:
+    registry = CollectorRegistry()
+    with pytest.raises(ValueError, match="bucket label"):
+        LightHistogram("h", "doc", ["le"], (1.0,), registry=registry)
+    with pytest.raises(ValueError, match="only goes up"):
+        LightCounter("c", "doc", [], registry=registry).inc((), -1)
