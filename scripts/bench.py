@@ -325,7 +325,7 @@ class Bench:
     ) -> Row:
         await asyncio.sleep(0.2)  # let the previous phase's stragglers settle
         before = cpu_seconds(pid)
-        own = os.times()
+        own = cpu_seconds(os.getpid())
         result = await drive(
             "127.0.0.1",
             port,
@@ -337,8 +337,7 @@ class Bench:
             timeout_s=self.profile.timeout_s,
         )
         server_cpu_s = cpu_seconds(pid) - before
-        now = os.times()
-        generator_cpu_s = now.user + now.system - own.user - own.system
+        generator_cpu_s = cpu_seconds(os.getpid()) - own
         return Row(name, phase, result, server_cpu_s, generator_cpu_s)
 
 
@@ -358,7 +357,7 @@ async def run_pair(benches: list[Bench], targets: list[tuple[int, int]], name: s
     )
     await asyncio.sleep(0.2)  # let the warm-up's stragglers settle
     before = [cpu_seconds(pid) for _port, pid in targets]
-    own = os.times()
+    own = cpu_seconds(os.getpid())
     results = await asyncio.gather(
         *(
             drive(
@@ -376,8 +375,7 @@ async def run_pair(benches: list[Bench], targets: list[tuple[int, int]], name: s
     server_cpu = [
         cpu_seconds(pid) - start for start, (_port, pid) in zip(before, targets, strict=True)
     ]
-    now = os.times()
-    generator_cpu_s = now.user + now.system - own.user - own.system
+    generator_cpu_s = cpu_seconds(os.getpid()) - own
     phase = benches[0].closed_phase
     rows = [
         Row(f"{name}/p{index + 1}", phase, result, cpu, generator_cpu_s)
@@ -413,6 +411,12 @@ def merge_results(results: list[LoadResult]) -> LoadResult:
 # --- PostgreSQL --------------------------------------------------------------------------------
 
 
+def honar_command(*arguments: str, log_level: str = "WARNING") -> list[str]:
+    """``python -m switch.cli --log-level LEVEL ARGUMENTS``: a ``honar`` command run as a child
+    process with this interpreter (the benchmarks' servers and set-up steps)."""
+    return [sys.executable, "-m", "switch.cli", "--log-level", log_level, *arguments]
+
+
 def postgres_unreachable(admin_url: str) -> str | None:
     """Why the PostgreSQL server at ``admin_url`` cannot be used, or None when it can."""
     try:
@@ -430,19 +434,7 @@ def postgres_unreachable(admin_url: str) -> str | None:
 def prepare_ledger(url: str, members: int, log_path: Path) -> None:
     """Migrate the database at ``url``, load the demo data and synthetic members 1..``members``
     (``honar demo synthetic``), so that several switch processes can start on it at once."""
-    command = [
-        sys.executable,
-        "-m",
-        "switch.cli",
-        "--log-level",
-        "WARNING",
-        "demo",
-        "synthetic",
-        "--members",
-        str(members),
-        "--ledger-url",
-        url,
-    ]
+    command = honar_command("demo", "synthetic", "--members", str(members), "--ledger-url", url)
     with open(log_path, "wb") as log:
         try:
             done = subprocess.run(
@@ -467,18 +459,9 @@ def prepare_ledger(url: str, members: int, log_path: Path) -> None:
 
 def switch_command(port: int, data_dir: Path, log_level: str, ledger_url: str = "") -> list[str]:
     """``python -m switch.cli serve`` on ``port`` (SQLite in ``data_dir`` or ``ledger_url``)."""
-    command = [
-        sys.executable,
-        "-m",
-        "switch.cli",
-        "--log-level",
-        log_level,
-        "serve",
-        "--port",
-        str(port),
-        "--data-dir",
-        str(data_dir),
-    ]
+    command = honar_command(
+        "serve", "--port", str(port), "--data-dir", str(data_dir), log_level=log_level
+    )
     if ledger_url:
         command += ["--ledger-url", ledger_url]
     return command

@@ -46,6 +46,7 @@ from hsm_sim.commands import HostCommands
 from hsm_sim.hsm import Hsm, PinCheck
 from hsm_sim.keys import Lmk
 from hsm_sim.protocol import HostMessageParser, build_request, parse_response
+from scripts.bench import honar_command
 
 __all__ = ["BenchRow", "main", "run_bench"]
 
@@ -166,19 +167,9 @@ def bench_facade(code: str, seconds: float) -> BenchRow:
 @contextlib.contextmanager
 def served_hsm(connections_max: int) -> Iterator[int]:
     """Run ``honar hsm serve --port 0`` in a subprocess; yield its port; SIGTERM it after."""
-    command = [
-        sys.executable,
-        "-m",
-        "switch.cli",
-        "--log-level",
-        "WARNING",
-        "hsm",
-        "serve",
-        "--port",
-        "0",
-        "--connections-max",
-        str(connections_max),
-    ]
+    command = honar_command(
+        "hsm", "serve", "--port", "0", "--connections-max", str(connections_max)
+    )
     process = subprocess.Popen(
         command,
         cwd=REPOSITORY,
