@@ -71,6 +71,7 @@ from ledger.model import (
     effective_pending_state,
 )
 from ledger.store import (
+    EVENT_JSON,
     EVENT_SCHEMA_VERSION,
     NEW_TRANSFERS,
     RETRYABLE_SQLSTATES,
@@ -198,9 +199,8 @@ def _record_is_rule_use(record: TransactionRecord) -> int:
     )
 
 
-# The outbox payload's and the stored response's encodings, as ``json.dumps`` with the same
-# options writes them, with the encoder built once (ledger.jsonenc).
-_EVENT_JSON = json_encoder(sort_keys=True, ensure_ascii=False)
+# The stored response's encoding, as ``json.dumps`` writes it, with the encoder built once
+# (ledger.jsonenc; the outbox payload's is ledger.store.EVENT_JSON).
 _RESPONSE_JSON = json_encoder()
 
 
@@ -630,7 +630,7 @@ class _Batch:
         changes.event = (
             payload["event_id"],
             f"{TOPIC_TRANSACTIONS_PREFIX}{job.kind}",
-            _EVENT_JSON(payload),
+            EVENT_JSON(payload),
             job.now,
         )
         self._merge(job, changes, fields, outcome.response_code)

@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -50,9 +49,10 @@ from sqlalchemy import (
     update,
 )
 
-# The payload format version (the ``schema`` field) and the event topics (``TOPIC_*``) live in
-# ledger.store with Store.add_event, which writes events too: this module imports the store.
-from ledger.store import EVENT_SCHEMA_VERSION, write_transaction
+# The payload format version (the ``schema`` field), the event topics (``TOPIC_*``), an event's
+# stored form and its encoding live in ledger.store with Store.add_event, which writes events
+# too: this module imports the store.
+from ledger.store import EVENT_JSON, event_body, write_transaction
 
 # Relative topics: lowercase words separated by "/", no wildcards, no leading or trailing "/".
 _TOPIC = re.compile(r"[a-z0-9_-]+(/[a-z0-9_-]+)*", flags=re.ASCII)
@@ -149,12 +149,6 @@ def check_topic(topic: str) -> str:
     return topic
 
 
-def event_body(payload: Mapping[str, Any]) -> dict[str, Any]:
-    """The stored form of an event: ``event_id`` (a new one if absent) and ``schema`` added."""
-    event_id = str(payload.get("event_id") or uuid.uuid4().hex)
-    return {"event_id": event_id, "schema": EVENT_SCHEMA_VERSION, **payload}
-
-
 def add_event(connection: Connection, topic: str, payload: Mapping[str, Any], now: str) -> str:
     """Write one event in the caller's transaction (with the ledger effect it reports).
 
@@ -173,7 +167,7 @@ def add_event(connection: Connection, topic: str, payload: Mapping[str, Any], no
         outbox.insert().values(
             event_id=body["event_id"],
             topic=topic,
-            payload=json.dumps(body, sort_keys=True, ensure_ascii=False),
+            payload=EVENT_JSON(body),
             created_at=now,
         )
     )

@@ -53,6 +53,7 @@ from ledger.domain import (
     TransactionKey,
     TransactionRecord,
 )
+from ledger.jsonenc import json_encoder
 from ledger.model import (
     Account,
     AccountFlags,
@@ -79,6 +80,9 @@ TOPIC_KEYS_EXCHANGE = "keys/exchange"
 TOPIC_ALERTS_VELOCITY = "alerts/velocity"
 TOPIC_HOLDS_EXPIRED = "holds/expired"
 TOPIC_TRANSACTIONS_PREFIX = "transactions/"
+# How every writer of the outbox (Store.add_event, ledger.outbox.add_event, the engine's
+# decisions) encodes an event's payload: sorted keys, UTF-8 text as is.
+EVENT_JSON = json_encoder(sort_keys=True, ensure_ascii=False)
 BULK_CHUNK_ROWS = 10_000  # rows per executemany in bulk operations (bounds one statement's memory)
 IN_CHUNK_MAX = 5_000  # values per SQL IN list
 CARD_STATES = ("active", "blocked")
@@ -300,6 +304,12 @@ def transfer_digest(job_key: TransactionKey, index: int) -> str:
     raw = f"{job_key.tid}|{job_key.stan}|{job_key.transmission}|{index}".encode()
     return hashlib.sha256(raw).hexdigest()[:32]
 
+
+
+def event_body(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The stored form of an event: ``event_id`` (a new one if absent) and ``schema`` added."""
+    event_id = str(payload.get("event_id") or uuid.uuid4().hex)
+    return {"event_id": event_id, "schema": EVENT_SCHEMA_VERSION, **payload}
 
 class Store:
     """The ledger database."""
@@ -733,17 +743,16 @@ class Store:
         self, connection: Connection, topic: str, payload: Mapping[str, Any], *, now: str
     ) -> str:
         """Write an event to the outbox in the caller's transaction; return its event id."""
-        event_id = str(payload.get("event_id") or uuid.uuid4().hex)
-        body = {"event_id": event_id, "schema": EVENT_SCHEMA_VERSION, **payload}
+        body = event_body(payload)
         connection.execute(
             schema.outbox.insert().values(
-                event_id=event_id,
+                event_id=body["event_id"],
                 topic=topic,
-                payload=json.dumps(body, sort_keys=True, ensure_ascii=False),
+                payload=EVENT_JSON(body),
                 created_at=now,
             )
         )
-        return event_id
+        return str(body["event_id"])
 
     def totals(self) -> Totals:
         """Sums of all accounts' debits and credits, and of the posted transfer journal."""
