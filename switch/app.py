@@ -229,11 +229,11 @@ def settle_gc() -> None:
     """Freeze what start-up built, and collect the young generation less often.
 
     A full collection walks every object the collector tracks. With what a started switch
-    holds (modules, SQLAlchemy's metadata, caches: some 52,000 objects after start-up, 67,000 to
-    69,000 under load), each took 27-35 ms,
-    and under load one came every 2 s or so: a pause that every request in flight waits out
-    (docs/benchmarks.md, run 6). Frozen objects are never walked again (nor ever collected:
-    start-up's objects live as long as the process). For the process that serves, once.
+    holds (modules, SQLAlchemy's metadata, caches: some 52,000 objects after start-up, 67,000
+    to 69,000 under load), each took 27-35 ms, and under load one came every 2 s or so: a
+    pause that every request in flight waits out (docs/benchmarks.md, run 6). Frozen objects
+    are never walked again (nor ever collected: start-up's objects live as long as the
+    process). For the process that serves, once.
     """
     gc.collect()
     gc.freeze()
