@@ -25,6 +25,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -170,8 +171,17 @@ def check_options(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Prepare, start the switch ``--runs`` times, print a row per start."""
+    """Prepare, start the switch ``--runs`` times, print a row per start (exit 1, with the
+    reason on stderr, when a step fails)."""
     check_options(args)
+    try:
+        return _run(args)
+    except (RuntimeError, subprocess.TimeoutExpired) as error:
+        print(f"honar startup-bench: {error}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
     temporary = args.data_dir is None
     data_dir = Path(tempfile.mkdtemp(prefix="honar-startup-")) if temporary else args.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)

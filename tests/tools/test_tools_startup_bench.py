@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from scripts import startup_bench
 from switch.cli import main
 
 
@@ -47,3 +48,15 @@ def test_startup_bench_refuses_options_out_of_range(
 ) -> None:
     assert main(["startup-bench", option, value]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_startup_bench_cold_without_the_page_cache_control_fails_with_the_reason(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(startup_bench, "DROP_CACHES", tmp_path / "absent" / "drop_caches")
+    arguments = ["startup-bench", "--members", "3", "--runs", "1", "--cold"]
+    assert main(["--log-level", "WARNING", *arguments, "--data-dir", str(tmp_path / "l")]) == 1
+    captured = capsys.readouterr()
+    assert "honar startup-bench: --cold needs to write" in captured.err
+    assert "drop_caches (Linux, as root)" in captured.err
+    assert captured.out.strip().splitlines()[-1].split()[0] == "start"  # no start was timed
