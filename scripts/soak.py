@@ -15,7 +15,8 @@ descriptor or thread leak, no latency drift, no lost answer, over minutes or hou
 5. at the end stops the switch (SIGTERM), counts its log lines at level error or above, and
    prints a summary.
 
-Exit status 0 when every request was answered 00 and the switch logged no error, 1 otherwise.
+Exit status 0 when every request was answered 00 and the switch logged no error, 1 otherwise
+(and after Ctrl-C, which stops the switch and reports the intervals measured so far).
 Bounds: ``--duration`` at most :data:`DURATION_S_MAX`, ``--rate`` at most :data:`RATE_MAX`.
 """
 
@@ -45,6 +46,7 @@ MEMBERS_MAX = 1_000_000
 CONNECTIONS_MAX = 256
 TERMINAL = "HNR00004"
 ANSWER_TIMEOUT_S = 5.0
+SERVE_LOG = "serve.log"
 
 
 @dataclass(frozen=True)
@@ -114,17 +116,15 @@ HEADER = (
 )
 
 
-async def soak(args: argparse.Namespace, data_dir: Path) -> int:
-    """Serve, load, sample; print rows and the summary; return the exit status."""
+async def soak(args: argparse.Namespace, data_dir: Path, samples: list[Sample]) -> None:
+    """Serve, load, sample: a row printed and appended to ``samples`` per interval."""
     port = free_port()
-    log_path = data_dir / "serve.log"
     command = honar_command(
         "serve", "--port", str(port), "--data-dir", str(data_dir), log_level="INFO"
     )
-    samples: list[Sample] = []
     stan = default_stan_start()
     loop = asyncio.get_running_loop()
-    with server_process(command, port, log_path, pin=None) as process:
+    with server_process(command, port, data_dir / SERVE_LOG, pin=None) as process:
         print(HEADER, flush=True)
         started = loop.time()
         for duration in interval_lengths(args.duration, args.interval):
@@ -162,11 +162,17 @@ async def soak(args: argparse.Namespace, data_dir: Path) -> int:
             )
             samples.append(sample)
             print(row_text(sample), flush=True)
-    errors = error_lines(log_path)
+
+
+def report(samples: list[Sample], log_path: Path, *, interrupted: bool) -> int:
+    """Print the summary and the switch's first error lines; the exit status."""
+    errors = error_lines(log_path) if log_path.exists() else []
+    if interrupted:
+        print(f"interrupted after {len(samples)} intervals")
     print(summary(samples, len(errors)))
     for line in errors[:5]:
         print(f"  {line[:300]}")
-    failed = any(s.lost or s.declined for s in samples) or bool(errors)
+    failed = any(s.lost or s.declined for s in samples) or bool(errors) or interrupted
     return 1 if failed else 0
 
 
@@ -248,7 +254,12 @@ def run(args: argparse.Namespace) -> int:
             f"1..{args.members:,} (ledger ready in {prepared_s:.1f} s)",
             flush=True,
         )
-        return asyncio.run(soak(args, data_dir))
+        samples: list[Sample] = []
+        try:
+            asyncio.run(soak(args, data_dir, samples))
+        except KeyboardInterrupt:  # Ctrl-C: the switch is stopped; report what was measured
+            return report(samples, data_dir / SERVE_LOG, interrupted=True)
+        return report(samples, data_dir / SERVE_LOG, interrupted=False)
     except RuntimeError as error:
         print(f"honar soak: {error}", file=sys.stderr)
         return 1

@@ -34,6 +34,7 @@ from typing import Any
 
 from ledger.synthetic import SYNTHETIC_EXPIRY, SYNTHETIC_MEMBERS_MAX, synthetic_pan, synthetic_pin
 from scripts.bench import ROOT, free_port, honar_command
+from scripts.load import default_stan_start
 from scripts.pos import PosClient, PosTerminal
 
 MEMBERS_DEFAULT = 1_000_000
@@ -85,8 +86,10 @@ def drop_page_cache() -> None:
         ) from error
 
 
-async def first_purchase(port: int, member: int) -> str:
-    """One purchase of 1,000 IRR by synthetic member ``member``; its response code."""
+async def first_purchase(port: int, member: int, stan: str) -> str:
+    """One purchase of 1,000 IRR by synthetic member ``member``; its response code. Each start
+    sends its own ``stan``: two starts within one second must not send the same request key
+    (the second would be answered as a retransmission)."""
     terminal = PosTerminal.demo(TERMINAL)
     client = await PosClient.connect("127.0.0.1", port)
     try:
@@ -95,6 +98,7 @@ async def first_purchase(port: int, member: int) -> str:
             pin=synthetic_pin(member),
             amount=1_000,
             expiry=SYNTHETIC_EXPIRY,
+            stan=stan,
         )
         raw = await client.request(payload, ANSWER_TIMEOUT_S)
     finally:
@@ -105,7 +109,9 @@ async def first_purchase(port: int, member: int) -> str:
     return message.get(39) or "--"
 
 
-def start_once(data_dir: Path, member: int, log_path: Path, *, cold: bool) -> Start:
+def start_once(
+    data_dir: Path, member: int, log_path: Path, *, cold: bool, stan: str = "000001"
+) -> Start:
     """Start ``honar serve`` on ``data_dir``, time it, send the first purchase, stop it."""
     if cold:
         drop_page_cache()
@@ -130,7 +136,7 @@ def start_once(data_dir: Path, member: int, log_path: Path, *, cold: bool) -> St
                         ) from None
                     time.sleep(0.005)
             listening = time.perf_counter() - started
-            code = asyncio.run(first_purchase(port, member))
+            code = asyncio.run(first_purchase(port, member, stan))
             answered = time.perf_counter() - started
         finally:
             process.send_signal(signal.SIGTERM)
@@ -192,9 +198,16 @@ def _run(args: argparse.Namespace) -> int:
             f"ledger: {args.members:,} synthetic members (+ the demo data), "
             f"{size / 2**20:,.0f} MiB, ready in {prepared_s:.1f} s"
         )
+        first_stan = default_stan_start()
         print(f"{'start':>5} {'cache':>5} {'listening s':>11} {'first answer s':>14} {'code':>4}")
         for number in range(1, args.runs + 1):
-            start = start_once(data_dir, args.members, data_dir / "serve.log", cold=args.cold)
+            start = start_once(
+                data_dir,
+                args.members,
+                data_dir / "serve.log",
+                cold=args.cold,
+                stan=f"{(first_stan + number) % 999_999 + 1:06d}",
+            )
             print(
                 f"{number:>5} {'cold' if start.cold else 'warm':>5} {start.listening_s:>11.3f} "
                 f"{start.answered_s:>14.3f} {start.response_code:>4}"

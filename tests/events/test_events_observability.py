@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 import urllib.request
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -186,8 +187,32 @@ def test_velocity_hour_total_is_the_sum_of_the_last_sixty_minutes(
         seen.append((minute, amount))
         (card,) = monitor._cards.values()
         assert card.total == sum(a for m, a in seen if m > minute - 60)
-        assert card.total == sum(card.buckets.values())
-        assert min(card.buckets) >= card.first_minute > minute - 60
+        assert card.minutes is not None and card.total == sum(card.minutes)
+        assert card.last_minute == minute
+        for m in range(minute - 59, minute + 1):  # each slot holds its own minute's amounts
+            assert card.minutes[m % 60] == sum(a for n, a in seen if n == m)
+
+
+def test_velocity_state_per_card_stays_small_after_a_busy_hour() -> None:
+    # cards_max cards (100,000 by default) may be tracked at once: each must stay small even
+    # with an approval in every minute of the hour and a wrong PIN (a dict of minute buckets
+    # took some 7 KB per card, 0.7 GB at cards_max)
+    clock = FakeMonotonic()
+    monitor = VelocityMonitor(VelocityConfig(amount_hour_max=10**15), monotonic=clock)
+    pans = [f"636214{i:010d}" for i in range(500)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _minute in range(60):
+            for pan in pans:
+                monitor.check(decision(pan, "00", 987_654_321))
+            clock.now += 60
+        monitor.check(decision(pans[0], "55"))
+        per_card = (tracemalloc.get_traced_memory()[0] - before) / len(pans)
+    finally:
+        tracemalloc.stop()
+    assert monitor.cards_tracked == len(pans)
+    assert per_card < 1_200, per_card
 
 
 def test_velocity_state_is_bounded_by_cards_max() -> None:

@@ -3,12 +3,17 @@ summary, exit 0 when all was answered 00; its options and its log reading are ch
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from scripts.soak import Sample, error_lines, interval_lengths, summary
 from switch.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_soak_prints_a_row_per_interval_and_a_clean_summary(
@@ -80,3 +85,30 @@ def test_interval_lengths_cover_the_duration_without_a_sliver(
     duration: float, interval: float, lengths: list[float]
 ) -> None:
     assert interval_lengths(duration, interval) == lengths
+
+
+def test_soak_interrupted_stops_the_switch_and_reports_what_it_measured() -> None:
+    command = [sys.executable, "-m", "scripts.soak", "--duration", "60", "--interval", "1"]
+    process = subprocess.Popen(
+        [*command, "--rate", "50", "--members", "5"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        lines = []
+        for line in process.stdout:  # wait for the first interval's row
+            lines.append(line)
+            if len(line.split()) == 13 and line.split()[1].isdigit():
+                break
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 1, err
+    text = "".join(lines) + out
+    assert "interrupted after" in text
+    assert " intervals, " in text and "0 lost, 0 not 00" in text
+    assert "Traceback" not in err

@@ -3,6 +3,7 @@ purchase approved; it prints figures and asserts no timing. Its options are chec
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,12 @@ def test_startup_bench_starts_the_switch_and_gets_the_first_purchase_approved(
     again = capsys.readouterr().out
     assert "ledger: 20 synthetic members" in again
     assert again.strip().splitlines()[-1].split()[-1] == "00"
+    # each start's purchase was a request of its own, not a retransmission of another's
+    with sqlite3.connect(data_dir / "honar.db") as db:
+        rows = db.execute(
+            "SELECT COUNT(*), COUNT(DISTINCT stan) FROM transactions WHERE tid = 'HNR00004'"
+        ).fetchone()
+    assert rows == (3, 3)
 
 
 @pytest.mark.parametrize(
