@@ -161,9 +161,10 @@ def _pin_to(cpu: int) -> None:
 
 @contextlib.contextmanager
 def server_process(
-    command: list[str], port: int, log_path: Path, *, pin: int | None
+    command: list[str], port: int, log_path: Path, *, pin: int | None, poll_s: float = 0.05
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Start a server process, wait until it accepts connections, stop it (SIGTERM) after."""
+    """Start a server process, wait until it accepts connections (trying every ``poll_s``),
+    stop it (SIGTERM) after."""
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             command,
@@ -185,7 +186,7 @@ def server_process(
                     break
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"server did not listen on port {port} in time")
-                time.sleep(0.05)
+                time.sleep(poll_s)
             yield process
         finally:
             process.terminate()
@@ -431,7 +432,9 @@ def postgres_unreachable(admin_url: str) -> str | None:
         return first[0] if first else type(error).__name__
 
 
-def prepare_ledger(url: str, members: int, log_path: Path) -> None:
+def prepare_ledger(
+    url: str, members: int, log_path: Path, *, timeout_s: float = PG_PREPARE_TIMEOUT_S
+) -> None:
     """Migrate the database at ``url``, load the demo data and synthetic members 1..``members``
     (``honar demo synthetic``), so that several switch processes can start on it at once."""
     command = honar_command("demo", "synthetic", "--members", str(members), "--ledger-url", url)
@@ -442,13 +445,13 @@ def prepare_ledger(url: str, members: int, log_path: Path) -> None:
                 cwd=ROOT,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                timeout=PG_PREPARE_TIMEOUT_S,
+                timeout=timeout_s,
                 check=False,
             )
         except subprocess.TimeoutExpired as error:
             raise RuntimeError(
                 f"honar demo synthetic --members {members} took more than "
-                f"{PG_PREPARE_TIMEOUT_S:g} s; see {log_path}"
+                f"{timeout_s:g} s; see {log_path}"
             ) from error
     if done.returncode != 0:
         tail = log_path.read_text(errors="replace")[-2000:]

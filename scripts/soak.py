@@ -27,16 +27,14 @@ import asyncio
 import json
 import math
 import os
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from scripts.bench import cpu_seconds, free_port, honar_command, server_process
 from scripts.load import build_requests, default_stan_start, drive
-from scripts.startup_bench import prepare
+from scripts.startup_bench import ledger_directory, prepare
 
 DURATION_S_MAX = 24 * 3600.0
 RATE_MAX = 5_000.0
@@ -243,29 +241,24 @@ def _number(value: float) -> str:
 def run(args: argparse.Namespace) -> int:
     """Prepare the ledger, soak, clean up."""
     check_options(args)
-    temporary = args.data_dir is None
-    data_dir = Path(tempfile.mkdtemp(prefix="honar-soak-")) if temporary else args.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
     try:
-        prepared_s = prepare(data_dir, args.members, data_dir / "prepare.log")
-        print(
-            f"soak: {args.rate:g}/s offered for {args.duration:g} s in rows of "
-            f"{args.interval:g} s, {args.connections} connections, synthetic members "
-            f"1..{args.members:,} (ledger ready in {prepared_s:.1f} s)",
-            flush=True,
-        )
-        samples: list[Sample] = []
-        try:
-            asyncio.run(soak(args, data_dir, samples))
-        except KeyboardInterrupt:  # Ctrl-C: the switch is stopped; report what was measured
-            return report(samples, data_dir / SERVE_LOG, interrupted=True)
-        return report(samples, data_dir / SERVE_LOG, interrupted=False)
+        with ledger_directory(args.data_dir, "honar-soak-") as data_dir:
+            prepared_s = prepare(data_dir, args.members, data_dir / "prepare.log")
+            print(
+                f"soak: {args.rate:g}/s offered for {args.duration:g} s in rows of "
+                f"{args.interval:g} s, {args.connections} connections, synthetic members "
+                f"1..{args.members:,} (ledger ready in {prepared_s:.1f} s)",
+                flush=True,
+            )
+            samples: list[Sample] = []
+            try:
+                asyncio.run(soak(args, data_dir, samples))
+            except KeyboardInterrupt:  # Ctrl-C: the switch is stopped; report what was measured
+                return report(samples, data_dir / SERVE_LOG, interrupted=True)
+            return report(samples, data_dir / SERVE_LOG, interrupted=False)
     except RuntimeError as error:
         print(f"honar soak: {error}", file=sys.stderr)
         return 1
-    finally:
-        if temporary:
-            shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def register(commands: Any) -> None:

@@ -20,27 +20,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ledger.synthetic import SYNTHETIC_EXPIRY, SYNTHETIC_MEMBERS_MAX, synthetic_pan, synthetic_pin
-from scripts.bench import ROOT, free_port, honar_command
+from scripts.bench import free_port, honar_command, prepare_ledger, server_process
 from scripts.load import default_stan_start
 from scripts.pos import PosClient, PosTerminal
 
 MEMBERS_DEFAULT = 1_000_000
 RUNS_MAX = 20
 PREPARE_TIMEOUT_S = 1_800.0  # 1,000,000 members take about 2 minutes on the 2-core machine
-START_TIMEOUT_S = 60.0
+LISTEN_POLL_S = 0.005  # how often a start is checked for an accepted connection
 ANSWER_TIMEOUT_S = 10.0
 DROP_CACHES = Path("/proc/sys/vm/drop_caches")
 TERMINAL = "HNR00004"
@@ -58,21 +57,22 @@ class Start:
 
 def prepare(data_dir: Path, members: int, log_path: Path) -> float:
     """Demo data and synthetic members 1..``members`` in ``data_dir``; the seconds it took."""
-    url = f"sqlite:///{data_dir / 'honar.db'}"
     started = time.perf_counter()
-    with open(log_path, "wb") as log:
-        done = subprocess.run(
-            honar_command("demo", "synthetic", "--members", str(members), "--ledger-url", url),
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            timeout=PREPARE_TIMEOUT_S,
-            check=False,
-        )
-    if done.returncode != 0:
-        tail = log_path.read_text(errors="replace")[-2000:]
-        raise RuntimeError(f"honar demo synthetic exited with {done.returncode}:\n{tail}")
+    prepare_ledger(
+        f"sqlite:///{data_dir / 'honar.db'}", members, log_path, timeout_s=PREPARE_TIMEOUT_S
+    )
     return time.perf_counter() - started
+
+
+@contextlib.contextmanager
+def ledger_directory(given: Path | None, prefix: str) -> Iterator[Path]:
+    """``given`` (made if missing, kept after), or a temporary directory removed after."""
+    if given is not None:
+        given.mkdir(parents=True, exist_ok=True)
+        yield given
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix, ignore_cleanup_errors=True) as temporary:
+        yield Path(temporary)
 
 
 def drop_page_cache() -> None:
@@ -117,34 +117,11 @@ def start_once(
         drop_page_cache()
     port = free_port()
     command = honar_command("serve", "--port", str(port), "--data-dir", str(data_dir))
-    with open(log_path, "ab") as log:
-        started = time.perf_counter()
-        process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = started + START_TIMEOUT_S
-            while True:
-                if process.poll() is not None:
-                    tail = log_path.read_text(errors="replace")[-2000:]
-                    raise RuntimeError(f"honar serve exited at start:\n{tail}")
-                try:
-                    with socket.create_connection(("127.0.0.1", port), 0.5):
-                        break
-                except OSError:
-                    if time.perf_counter() > deadline:
-                        raise RuntimeError(
-                            f"honar serve did not listen within {START_TIMEOUT_S:g} s"
-                        ) from None
-                    time.sleep(0.005)
-            listening = time.perf_counter() - started
-            code = asyncio.run(first_purchase(port, member, stan))
-            answered = time.perf_counter() - started
-        finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
+    started = time.perf_counter()
+    with server_process(command, port, log_path, pin=None, poll_s=LISTEN_POLL_S):
+        listening = time.perf_counter() - started
+        code = asyncio.run(first_purchase(port, member, stan))
+        answered = time.perf_counter() - started
     return Start(listening, answered, code, cold)
 
 
@@ -188,10 +165,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    temporary = args.data_dir is None
-    data_dir = Path(tempfile.mkdtemp(prefix="honar-startup-")) if temporary else args.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
-    try:
+    with ledger_directory(args.data_dir, "honar-startup-") as data_dir:
         prepared_s = prepare(data_dir, args.members, data_dir / "prepare.log")
         size = (data_dir / "honar.db").stat().st_size
         print(
@@ -212,9 +186,6 @@ def _run(args: argparse.Namespace) -> int:
                 f"{number:>5} {'cold' if start.cold else 'warm':>5} {start.listening_s:>11.3f} "
                 f"{start.answered_s:>14.3f} {start.response_code:>4}"
             )
-    finally:
-        if temporary:
-            shutil.rmtree(data_dir, ignore_errors=True)
     return 0
 
 
