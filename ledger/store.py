@@ -305,11 +305,11 @@ def transfer_digest(job_key: TransactionKey, index: int) -> str:
     return hashlib.sha256(raw).hexdigest()[:32]
 
 
-
 def event_body(payload: Mapping[str, Any]) -> dict[str, Any]:
     """The stored form of an event: ``event_id`` (a new one if absent) and ``schema`` added."""
     event_id = str(payload.get("event_id") or uuid.uuid4().hex)
     return {"event_id": event_id, "schema": EVENT_SCHEMA_VERSION, **payload}
+
 
 class Store:
     """The ledger database."""
