@@ -178,7 +178,7 @@ def server_process(
             while True:
                 if process.poll() is not None:
                     tail = log_path.read_text(errors="replace")[-2000:]
-                    raise RuntimeError(f"{command[2:5]} exited at start:\n{tail}")
+                    raise RuntimeError(f"{' '.join(command[2:])} exited at start:\n{tail}")
                 with (
                     contextlib.suppress(OSError),
                     socket.create_connection(("127.0.0.1", port), 0.2),
