@@ -413,8 +413,11 @@ async def drive(
             remaining_s = (end_by - time.perf_counter_ns()) / 1e9
             if remaining_s <= 0:
                 break
+            # asyncio.timeout, not wait_for: in Python 3.11 wait_for loses a cancellation
+            # (Ctrl-C) that arrives as the awaited event is set
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(run.idle.wait(), remaining_s)
+                async with asyncio.timeout(remaining_s):
+                    await run.idle.wait()
     finally:
         for client in clients:
             if client.transport is not None:

@@ -27,6 +27,7 @@ import asyncio
 import json
 import math
 import os
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,8 +115,36 @@ HEADER = (
 )
 
 
-async def soak(args: argparse.Namespace, data_dir: Path, samples: list[Sample]) -> None:
-    """Serve, load, sample: a row printed and appended to ``samples`` per interval."""
+async def soak(args: argparse.Namespace, data_dir: Path, samples: list[Sample]) -> bool:
+    """Serve, load, sample: a row printed and appended to ``samples`` per interval.
+
+    Return True when stopped by SIGINT (Ctrl-C): the interval under way is cancelled and no
+    other begins, so the switch is stopped and what was measured is reported.
+    """
+    loop = asyncio.get_running_loop()
+    interrupted = asyncio.Event()
+    current: list[asyncio.Task[Any]] = []
+
+    def on_interrupt() -> None:
+        interrupted.set()
+        for task in current:
+            task.cancel()
+
+    loop.add_signal_handler(signal.SIGINT, on_interrupt)
+    try:
+        await _soak(args, data_dir, samples, interrupted, current)
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+    return interrupted.is_set()
+
+
+async def _soak(
+    args: argparse.Namespace,
+    data_dir: Path,
+    samples: list[Sample],
+    interrupted: asyncio.Event,
+    current: list[asyncio.Task[Any]],
+) -> None:
     port = free_port()
     command = honar_command(
         "serve", "--port", str(port), "--data-dir", str(data_dir), log_level="INFO"
@@ -132,15 +161,28 @@ async def soak(args: argparse.Namespace, data_dir: Path, samples: list[Sample]) 
             )
             stan = (stan + count) % 999_999 + 1
             cpu_before = cpu_seconds(process.pid)
-            result = await drive(
-                "127.0.0.1",
-                port,
-                requests,
-                connections=args.connections,
-                rate=args.rate,
-                duration_s=duration,
-                timeout_s=ANSWER_TIMEOUT_S,
+            if interrupted.is_set():
+                return
+            interval = asyncio.ensure_future(
+                drive(
+                    "127.0.0.1",
+                    port,
+                    requests,
+                    connections=args.connections,
+                    rate=args.rate,
+                    duration_s=duration,
+                    timeout_s=ANSWER_TIMEOUT_S,
+                )
             )
+            current[:] = [interval]
+            try:
+                result = await interval
+            except asyncio.CancelledError:
+                if interrupted.is_set():
+                    return
+                raise
+            finally:
+                current.clear()
             cpu_s = cpu_seconds(process.pid) - cpu_before
             rss, fds, threads = process_status(process.pid)
             sample = Sample(
@@ -166,7 +208,7 @@ def report(samples: list[Sample], log_path: Path, *, interrupted: bool) -> int:
     """Print the summary and the switch's first error lines; the exit status."""
     errors = error_lines(log_path) if log_path.exists() else []
     if interrupted:
-        print(f"interrupted after {len(samples)} intervals")
+        print(f"interrupted after {_count(len(samples), 'interval')}")
     print(summary(samples, len(errors)))
     for line in errors[:5]:
         print(f"  {line[:300]}")
@@ -193,7 +235,7 @@ def summary(samples: list[Sample], errors: int) -> str:
     first, last = samples[0], samples[-1]
     return "\n".join(
         [
-            f"{len(samples)} intervals, {last.elapsed_s:.0f} s: {answered:,} answered, "
+            f"{_count(len(samples), 'interval')}, {last.elapsed_s:.0f} s: {answered:,} answered, "
             f"{sum(s.lost for s in samples):,} lost, {sum(s.declined for s in samples):,} "
             f"not 00; error lines in the switch's log: {errors}",
             f"p99 per interval: {min(s.p99_ms for s in samples):.2f}-"
@@ -234,6 +276,10 @@ def check_options(args: argparse.Namespace) -> None:
             raise ValueError(f"{name} must be {_number(low)}-{_number(high)}, got {value:g}")
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
 def _number(value: float) -> str:
     return f"{value:,}" if isinstance(value, int) else f"{value:g}"
 
@@ -252,10 +298,11 @@ def run(args: argparse.Namespace) -> int:
             )
             samples: list[Sample] = []
             try:
-                asyncio.run(soak(args, data_dir, samples))
-            except KeyboardInterrupt:  # Ctrl-C: the switch is stopped; report what was measured
-                return report(samples, data_dir / SERVE_LOG, interrupted=True)
-            return report(samples, data_dir / SERVE_LOG, interrupted=False)
+                interrupted = asyncio.run(soak(args, data_dir, samples))
+            except KeyboardInterrupt:  # a second Ctrl-C, or one before the soak began
+                interrupted = True
+            # Ctrl-C: the switch is stopped; report what was measured
+            return report(samples, data_dir / SERVE_LOG, interrupted=interrupted)
     except RuntimeError as error:
         print(f"honar soak: {error}", file=sys.stderr)
         return 1
