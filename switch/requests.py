@@ -244,12 +244,11 @@ def luhn_valid(pan: str) -> bool:
     >>> luhn_valid("6362149173324546"), luhn_valid("6362149173324547")
     (True, False)
     """
-    if not pan.isdigit() or not 12 <= len(pan) <= 19:
+    if not (12 <= len(pan) <= 19 and pan.isascii() and pan.isdigit()):
         return False
-    total = 0
-    for index, digit in enumerate(reversed(pan)):
-        value = int(digit)
-        if index % 2:
-            value = value * 2 - 9 if value > 4 else value * 2
-        total += value
+    backwards = pan[::-1]  # the check digit first; every second digit from it is doubled
+    total = sum(map(int, backwards[0::2])) + sum(map(_LUHN_DOUBLED.__getitem__, backwards[1::2]))
     return total % 10 == 0
+
+
+_LUHN_DOUBLED = {str(d): d * 2 - 9 if d > 4 else d * 2 for d in range(10)}

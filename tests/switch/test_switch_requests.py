@@ -262,6 +262,20 @@ def test_luhn_catches_every_single_digit_error() -> None:
                 assert not luhn_valid(PAN[:index] + digit + PAN[index + 1 :])
 
 
+@given(st.text(alphabet="0123456789", min_size=12, max_size=19))
+def test_luhn_agrees_with_the_textbook_sum(pan: str) -> None:
+    total = 0
+    for position, digit in enumerate(reversed(pan)):
+        doubled = int(digit) * (2 if position % 2 else 1)
+        total += doubled // 10 + doubled % 10  # the digits of the doubled value
+    assert luhn_valid(pan) is (total % 10 == 0)
+
+
+@pytest.mark.parametrize("digits", ["\u0666", "\u06f6", "\u00b2"])  # Arabic, Persian 6; ²
+def test_luhn_refuses_digits_other_than_ascii(digits: str) -> None:
+    assert luhn_valid("636214917332454" + digits) is False
+
+
 # --- request_digest --------------------------------------------------------------------------
 
 DIGEST_FIELDS = {**PURCHASE, 2: PAN, 14: "2812", 48: "LNG00200"}
