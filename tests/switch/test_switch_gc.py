@@ -32,9 +32,9 @@ def test_settle_gc_freezes_start_up_and_raises_the_young_threshold(gc_state: Non
 
     kept = [Node() for _ in range(100)]
     middle, old = gc.get_threshold()[1:]
-    assert gc.get_freeze_count() == 0
+    before = gc.get_freeze_count()  # 0 on 3.11; CPython 3.12 starts with some frozen
     app_module.settle_gc()
-    assert gc.get_freeze_count() > len(kept)
+    assert gc.get_freeze_count() > before + len(kept)
     assert gc.get_threshold() == (app_module.GC_YOUNG_THRESHOLD, middle, old)
     walked = {id(o) for o in gc.get_objects()}  # what a collection walks: not the frozen
     assert not walked & {id(n) for n in kept}
