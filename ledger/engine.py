@@ -1012,7 +1012,7 @@ class GroupCommitter:
         self._queue: queue.SimpleQueue[
             tuple[AuthorizationJob, concurrent.futures.Future[JobResult] | _LoopFuture] | None
         ] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="ledger-commit", daemon=True)
+        self._worker = threading.Thread(target=self._run, name="ledger-commit", daemon=True)
         self.batches = 0
         self.jobs = 0
         self.lock_retries = 0
@@ -1026,7 +1026,7 @@ class GroupCommitter:
     def start(self) -> None:
         """Start the commit thread."""
         self._started = True
-        self._thread.start()
+        self._worker.start()
 
     def submit(self, job: AuthorizationJob) -> concurrent.futures.Future[JobResult]:
         """Queue a job; the future resolves after its batch has committed (or failed)."""
@@ -1049,7 +1049,7 @@ class GroupCommitter:
         """Finish every queued job, then stop the thread."""
         if self._started:
             self._queue.put(None)
-            self._thread.join()
+            self._worker.join()
             self._started = False
 
     def _run(self) -> None:

@@ -79,7 +79,7 @@ def run(
             payloads = build_requests(count, terminal_id=terminal, stan_start=stan + warmup)
             asyncio.run(_drive(app, warm, in_flight))
             loop_id = threading.get_native_id()
-            commit_id = app.committer._thread.native_id or 0
+            commit_id = app.committer._worker.native_id or 0
             batches0 = app.committer.batches
             cpu0 = thread_cpu_s(loop_id), thread_cpu_s(commit_id)
             elapsed = asyncio.run(_drive(app, payloads, in_flight))

@@ -110,10 +110,10 @@ def _decode_checked(raw: bytes, dialect: Dialect) -> Message:
     _check_bitmaps(raw, dialect)
     try:
         doc_dec, doc_enc = iso8583.decode(raw, dialect.pyiso_spec)
-    except KeyError as error:  # pragma: no cover - _check_bitmaps keeps fields 129+ out
+    except KeyError as missing:  # pragma: no cover - _check_bitmaps keeps fields 129+ out
         raise CodecError(
-            f"field {error.args[0]} is not defined in dialect {dialect.name}",
-            field=str(error.args[0]),
+            f"field {missing.args[0]} is not defined in dialect {dialect.name}",
+            field=str(missing.args[0]),
         ) from None
     except iso8583.DecodeError as error:
         partial = {k: v for k, v in error.doc_dec.items() if isinstance(v, str)}

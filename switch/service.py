@@ -129,15 +129,15 @@ class Service:
         started = time.perf_counter()
         try:
             wire = decode(payload, self.dialect)
-        except CodecError as error:
-            return await self._answer_undecodable(error, peer)
+        except CodecError as undecodable:
+            return await self._answer_undecodable(undecodable, peer)
         if self.dialect.response_mti.get(wire.mti) is None:
             return await self._answer_unknown_mti(wire, peer)
         try:
             message = self.dialect.to_canonical(wire)
-        except ValueError as error:
+        except ValueError as untranslatable:
             return await self._answer_undecodable(
-                CodecError(str(error), field="t", partial=_partial(wire)), peer
+                CodecError(str(untranslatable), field="t", partial=_partial(wire)), peer
             )
         response_mti = CANONICAL_RESPONSE_MTI[message.mti]
         if not (message.has(11) and message.has(41)):
@@ -154,17 +154,17 @@ class Service:
             return self._encode_plain(self._response(message, response_mti, "03"), wire)
         try:
             request = parse_request(message)
-        except RequestError as error:
+        except RequestError as invalid:
             log.warning(
                 "invalid request",
-                extra={"peer": peer, "reason": str(error), "tid": terminal.id, "mti": wire.mti},
+                extra={"peer": peer, "reason": str(invalid), "tid": terminal.id, "mti": wire.mti},
             )
-            response = self._response(message, response_mti, error.response_code)
+            response = self._response(message, response_mti, invalid.response_code)
             return await self._encode_signed(response, terminal, wire)
         try:
             mac_ok, terminal = await self._check_mac(payload, wire, request, terminal)
-        except HsmUnavailable as error:
-            log.error("HSM unavailable", extra={"tid": terminal.id, "error": str(error)})
+        except HsmUnavailable as unavailable:
+            log.error("HSM unavailable", extra={"tid": terminal.id, "error": str(unavailable)})
             # Without the HSM no MAC can be checked or made: 91, unsigned.
             return self._encode_plain(self._response(message, response_mti, "91"), wire)
         if not mac_ok:
@@ -175,11 +175,11 @@ class Service:
             return self._encode_plain(self._response(message, response_mti, "63"), wire)
         try:
             code, fields = await self._dispatch(request, terminal)
-        except HsmUnavailable as error:
-            log.error("HSM unavailable", extra={"tid": terminal.id, "error": str(error)})
+        except HsmUnavailable as unavailable:
+            log.error("HSM unavailable", extra={"tid": terminal.id, "error": str(unavailable)})
             code, fields = "91", {}
-        except LedgerError as error:
-            log.error("ledger failure", extra={"tid": terminal.id, "error": str(error)})
+        except LedgerError as failure:
+            log.error("ledger failure", extra={"tid": terminal.id, "error": str(failure)})
             code, fields = "96", {}
         except Exception:  # a bug must cost one answer (96), never the server
             log.exception("request failed", extra={"tid": terminal.id, "stan": request.stan})
@@ -187,8 +187,8 @@ class Service:
         response = self._response(message, response_mti, code, fields)
         try:
             raw = await self._encode_signed(response, terminal, wire)
-        except HsmUnavailable as error:
-            log.error("HSM unavailable for the response MAC", extra={"error": str(error)})
+        except HsmUnavailable as unavailable:
+            log.error("HSM unavailable for the response MAC", extra={"error": str(unavailable)})
             raw = self._encode_plain(response, wire)
         pan = ""
         if isinstance(request, FinancialRequest) and request.card is not None:
