@@ -35,7 +35,7 @@ class CodecError(ValueError):
     ``response_code_hint`` is what a switch answers when it can answer at all.
     """
 
-    response_code_hint = "30"
+    response_code_hint: str
 
     def __init__(
         self,
@@ -52,6 +52,8 @@ class CodecError(ValueError):
             where.append(f"pos {pos}")
         super().__init__(f"{reason}" + (f" ({', '.join(where)})" if where else ""))
         self.reason = reason
+        # on the instance, not the class: a class attribute is not seen by a mypyc-compiled class
+        self.response_code_hint = "30"
         self.field = field
         self.pos = pos
         self.partial: dict[str, str] = dict(partial or {})
