@@ -25,6 +25,7 @@ from ledger.store import Store
 from merchants.directory import Directory, Merchant, Terminal
 from merchants.discounts import DiscountRule
 from switch.calendar import BusinessCalendar
+from switch.compiled import state as compiled_state
 from switch.config import Config
 from switch.dialects import get_dialect
 from switch.dialects.base import Framing
@@ -267,7 +268,15 @@ async def serve(
             loop.add_signal_handler(signal.SIGUSR1, app.tracer.toggle)
     try:
         host, port = await app.server.start(config.switch.host, config.switch.port)
-        log.info("listening", extra={"host": host, "port": port, "dialect": config.switch.dialect})
+        log.info(
+            "listening",
+            extra={
+                "host": host,
+                "port": port,
+                "dialect": config.switch.dialect,
+                "compiled_modules": len(compiled_state().compiled),  # scripts/compile
+            },
+        )
         if on_ready is not None:
             on_ready(host, port)
         sweeper = asyncio.create_task(sweep_expired_holds(app, stop))

@@ -69,7 +69,14 @@ def _unavailable(name: str, error: ImportError, _args: argparse.Namespace) -> in
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``honar``; return the process exit code."""
     args = _parser().parse_args(argv)
+    from switch.compiled import StaleBuild, require_current
     from switch.logs import setup_logging
+
+    try:
+        require_current()  # a compiled module older than its source must never run
+    except StaleBuild as error:
+        print(f"honar: {error}", file=sys.stderr)
+        return 2
 
     # the server writes its lines in bunches (switch.logs.BufferedLineHandler); tools at once
     setup_logging(args.log_level, buffered=args.command == "serve")

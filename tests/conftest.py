@@ -20,8 +20,13 @@ from pathlib import Path
 import pytest
 
 from switch.app import App, build_app
+from switch.compiled import require_current
 from switch.config import Config, LedgerConfig, SwitchConfig
 from switch.hsm_port import HsmPort
+
+# The suite runs against the compiled modules when they are built (scripts/compile): never
+# against a build older than its sources.
+require_current()
 
 PG_ADMIN_URL = os.environ.get("HONAR_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
