@@ -16,8 +16,10 @@ least two CPUs; the generator runs here, pinned to CPU 1):
   (loaded by ``honar demo synthetic``), so that no card, terminal or merchant is shared. One row
   per process and their sum.
 
-Each is driven by the load generator (:mod:`scripts.load`) in a closed loop after a warm-up, and
-then at a fixed offered rate of 1000 requests/s (open loop). The table gives throughput, p50 and
+Each is driven by the load generator (:mod:`scripts.load`) in a closed loop after a warm-up
+(64 in flight), in a second closed loop that saturates the server (256 in flight: at 64 the
+switch idles while a batch's commit is on the disk), and then at a fixed offered rate of 1000
+requests/s (open loop). The table gives throughput, p50 and
 p99 latency, the server's CPU seconds per answer (utime + stime of all its threads, from
 ``/proc/<pid>/stat``) and how busy it was; then the ratios. When PostgreSQL cannot be reached its
 rows are skipped with one line on stderr (an error under CI=true); ``--no-postgres`` skips them.
@@ -54,6 +56,7 @@ ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 60.0
 REQUESTS_PER_RUN_MAX = 200_000
 PG_ADMIN_URL_DEFAULT = "postgresql://postgres@127.0.0.1:5432/postgres"
+SATURATED_IN_FLIGHT_MAX = 4096
 PG_CONNECT_TIMEOUT_S = 5  # reaching the PostgreSQL server before its phases
 PG_PREPARE_TIMEOUT_S = 180.0  # migrations, demo data and synthetic members on a fresh database
 SYNTHETIC_MEMBERS_MAX = 100_000  # --members: the cards of p2, 2nd generator of "2x switch-pg"
@@ -80,6 +83,9 @@ class Profile:
     timeout_s: float
     members: int
     rate: float = 1000.0
+    # A second closed loop, this many in flight, to show the server saturated (0: none). At
+    # 64 in flight the switch idles while a batch's commit is on the disk (busy 0.8-0.9).
+    saturated_in_flight: int = 0
 
 
 FULL = Profile(
@@ -90,6 +96,7 @@ FULL = Profile(
     in_flight=64,
     timeout_s=5.0,
     members=2000,
+    saturated_in_flight=256,
 )
 QUICK = Profile(
     warmup_s=0.5,
@@ -99,6 +106,7 @@ QUICK = Profile(
     in_flight=32,
     timeout_s=2.0,
     members=200,
+    saturated_in_flight=128,
 )
 
 
@@ -259,6 +267,12 @@ class Bench:
         p = self.profile
         return f"closed {p.connections}x{p.in_flight // p.connections}"
 
+    @property
+    def saturated_phase(self) -> str:
+        """The saturated closed loop's name in the table, e.g. ``closed 16x16``."""
+        p = self.profile
+        return f"closed {p.connections}x{p.saturated_in_flight // p.connections}"
+
     def _requests(self, count: int) -> list[bytes]:
         count = max(1, min(count, REQUESTS_PER_RUN_MAX))
         requests = build_requests(
@@ -298,6 +312,20 @@ class Bench:
                 duration_s=p.measure_s,
             )
         ]
+        if p.saturated_in_flight:
+            pace = max(rows[0].result.throughput, 200.0) * 1.5  # room to speed up
+            requests = self._requests(int(pace * p.measure_s) + p.saturated_in_flight)
+            rows.append(
+                await self._measure(
+                    name,
+                    self.saturated_phase,
+                    pid,
+                    port,
+                    requests,
+                    in_flight=p.saturated_in_flight,
+                    duration_s=p.measure_s,
+                )
+            )
         requests = self._requests(int(p.rate * p.rate_s) + 1)
         rows.append(
             await self._measure(
@@ -486,7 +514,14 @@ def table(rows: list[Row]) -> str:
             f"{r.percentile_ms(100):>8.2f} {row.cpu_ms_per_answer:>11.3f} {row.cpu_busy:>9.2f} "
             f"{row.generator_busy:>9.2f}"
         )
-    closed = {row.server: row for row in rows if row.phase.startswith("closed")}
+    closed: dict[str, Row] = {}  # each server's first closed loop (the saturated one follows)
+    saturated: dict[str, Row] = {}
+    for row in rows:
+        if row.phase.startswith("closed"):
+            if row.server in closed:
+                saturated[row.server] = row
+            else:
+                closed[row.server] = row
     if "baseline" in closed and "switch" in closed:
         base, full = closed["baseline"], closed["switch"]
         if base.result.throughput and full.cpu_ms_per_answer:
@@ -494,6 +529,13 @@ def table(rows: list[Row]) -> str:
                 f"full/baseline: throughput {full.result.throughput / base.result.throughput:.3f}, "
                 f"CPU per answer {full.cpu_ms_per_answer / max(base.cpu_ms_per_answer, 1e-9):.1f}x"
             )
+    if "switch" in saturated:
+        row = saturated["switch"]
+        approved_per_s = row.result.approved / max(row.result.elapsed_s, 1e-9)
+        lines.append(
+            f"switch saturated ({row.phase.split()[1]}): {approved_per_s:.0f} approved/s at "
+            f"{row.cpu_ms_per_answer:.3f} ms CPU each, busy {row.cpu_busy:.2f}"
+        )
     if "switch-pg" in closed:
         pg = closed["switch-pg"]
         text = f"PostgreSQL: one process {pg.result.throughput:.0f}/s"
@@ -554,6 +596,9 @@ def check_options(args: argparse.Namespace) -> str | None:
         return f"--pg-admin-url must be a postgresql:// URL, got scheme {scheme!r}"
     if args.members is not None and not 1 <= args.members <= SYNTHETIC_MEMBERS_MAX:
         return f"--members must be 1-{SYNTHETIC_MEMBERS_MAX}, got {args.members}"
+    saturated = args.saturated_in_flight
+    if saturated is not None and not 0 <= saturated <= SATURATED_IN_FLIGHT_MAX:
+        return f"--saturated-in-flight must be 0-{SATURATED_IN_FLIGHT_MAX}, got {saturated}"
     return None
 
 
@@ -568,6 +613,8 @@ async def run_bench(args: argparse.Namespace) -> int:
         profile = replace(profile, connections=args.connections)
     if args.in_flight:
         profile = replace(profile, in_flight=args.in_flight)
+    if args.saturated_in_flight is not None:
+        profile = replace(profile, saturated_in_flight=args.saturated_in_flight)
     if args.rate:
         profile = replace(profile, rate=args.rate)
     if args.members:
@@ -620,7 +667,13 @@ async def run_bench(args: argparse.Namespace) -> int:
         placement += ", PostgreSQL not pinned"
     print(
         f"(profile {'quick' if args.quick else 'full'}: warm-up {profile.warmup_s:g} s, "
-        f"closed loop {profile.measure_s:g} s, {profile.rate:g}/s for {profile.rate_s:g} s; "
+        f"closed loop {profile.measure_s:g} s with {profile.in_flight} in flight"
+        + (
+            f" and again with {profile.saturated_in_flight}"
+            if profile.saturated_in_flight
+            else ""
+        )
+        + f", {profile.rate:g}/s for {profile.rate_s:g} s; "
         f"{profile.connections} connections; switch log level {args.server_log_level}; "
         f"{placement}; {time.monotonic() - started:.1f} s in all)"
     )
@@ -673,6 +726,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="short run (< 45 s) for CI")
     parser.add_argument("--connections", type=int, help="override the profile's connections")
     parser.add_argument("--in-flight", type=int, help="override the profile's requests in flight")
+    parser.add_argument(
+        "--saturated-in-flight",
+        type=int,
+        help="in flight in the second, saturated closed loop (default 256, --quick 128; 0: none)",
+    )
     parser.add_argument(
         "--rate", type=float, help="offered rate of the open-loop phase (default 1000/s)"
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -55,25 +56,31 @@ def test_bench_quick_prints_the_table() -> None:
     assert "CPU ms/txn" in out
     servers = {"baseline", "switch", "switch-pg", "2xpg/p1", "2xpg/p2", "2xpg/sum"}
     rows = [
-        line.split() for line in out.splitlines() if line.split()[:1] and line.split()[0] in servers
+        line.split()
+        for line in out.splitlines()
+        if line.split()[:1] and line.split()[0] in servers and line.split()[1] in ("closed", "open")
     ]
     expected = [
-        ("baseline", "closed"),
-        ("baseline", "open"),
-        ("switch", "closed"),
-        ("switch", "open"),
+        ("baseline", "closed", "8x4"),
+        ("baseline", "closed", "8x16"),  # saturated: 128 in flight
+        ("baseline", "open", "1000/s"),
+        ("switch", "closed", "8x4"),
+        ("switch", "closed", "8x16"),
+        ("switch", "open", "1000/s"),
     ]
     if postgres:
         expected += [
-            ("switch-pg", "closed"),
-            ("switch-pg", "open"),
-            ("2xpg/p1", "closed"),
-            ("2xpg/p2", "closed"),
-            ("2xpg/sum", "closed"),
+            ("switch-pg", "closed", "8x4"),
+            ("switch-pg", "closed", "8x16"),
+            ("switch-pg", "open", "1000/s"),
+            ("2xpg/p1", "closed", "8x4"),
+            ("2xpg/p2", "closed", "8x4"),
+            ("2xpg/sum", "closed", "8x4"),
         ]
-    assert [(r[0], r[1]) for r in rows] == expected
+    assert [(r[0], r[1], r[2]) for r in rows] == expected
     assert all(int(r[3]) > 0 for r in rows), "every phase got answers"
     assert "full/baseline: throughput" in out
+    assert re.search(r"switch saturated \(8x16\): \d+ approved/s at [\d.]+ ms CPU each", out), out
     if not postgres:
         service_missing(f"PostgreSQL ({PG_ADMIN_URL})")
     by_server = {r[0]: r for r in rows if r[1] == "closed"}
@@ -103,6 +110,7 @@ def test_bench_requires_postgres_under_ci() -> None:
     [
         (["--pg-admin-url", "mysql://x@h/db"], "--pg-admin-url must be a postgresql:// URL"),
         (["--members", "0"], "--members must be 1-100000, got 0"),
+        (["--saturated-in-flight", "4097"], "--saturated-in-flight must be 0-4096, got 4097"),
     ],
 )
 def test_bench_names_a_bad_option(args: list[str], message: str) -> None:
