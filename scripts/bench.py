@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import json
 import os
 import signal
@@ -167,6 +168,19 @@ def _pin_to(cpu: int) -> None:
         os.sched_setaffinity(0, {cpu})
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _prepare_child(pin: int | None) -> None:
+    """In a server process before it runs: pinned to a CPU when asked, and sent SIGTERM when
+    the tool that started it dies, even by SIGKILL, so that no server is left behind (Linux;
+    elsewhere the tool's own SIGTERM at its end is all there is)."""
+    if pin is not None:
+        _pin_to(pin)
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 @contextlib.contextmanager
 def server_process(
     command: list[str], port: int, log_path: Path, *, pin: int | None, poll_s: float = 0.05
@@ -179,7 +193,7 @@ def server_process(
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
-            preexec_fn=(lambda: _pin_to(pin)) if pin is not None else None,
+            preexec_fn=lambda: _prepare_child(pin),
         )
         try:
             deadline = time.monotonic() + START_TIMEOUT_S

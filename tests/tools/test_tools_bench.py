@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -147,3 +149,44 @@ def test_path_bench_names_a_bad_limit() -> None:
     )
     assert done.returncode != 0
     assert "--count must be 1-200000, got 0" in done.stderr
+
+
+def test_a_server_started_by_a_tool_stops_when_the_tool_is_killed(tmp_path: Path) -> None:
+    tool = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from scripts.bench import free_port, honar_command, server_process\n"
+        "port = free_port()\n"
+        "command = honar_command('serve', '--port', str(port), '--data-dir', sys.argv[1])\n"
+        "with server_process(command, port, Path(sys.argv[1]) / 'serve.log', pin=None) as p:\n"
+        "    print(p.pid, flush=True)\n"
+        "    time.sleep(120)\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", tool, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    server = 0
+    try:
+        assert process.stdout is not None
+        server = int(process.stdout.readline())
+        assert _running(server)
+        process.kill()  # SIGKILL: the tool runs no clean-up of its own
+        process.wait(10)
+        deadline = time.monotonic() + 20
+        while _running(server) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _running(server), "the server outlived the tool that started it"
+    finally:
+        process.kill()
+        if server and _running(server):  # the failure case: leave nothing behind
+            os.kill(server, signal.SIGTERM)
+
+
+def _running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    state = next(line for line in status.splitlines() if line.startswith("State:"))
+    return "zombie" not in state
