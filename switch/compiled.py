@@ -29,6 +29,7 @@ MODULES = (
     "switch.message",
     "switch.requests",
     "switch.authorize",
+    "switch.flows",
     "switch.calendar",
     "switch.velocity",
     "switch.metrics",

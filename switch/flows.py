@@ -58,7 +58,7 @@ TOMBSTONED = "05"  # an original arriving after its own reversal is declined: do
 PURSE_BLOCKS_MAX = 3  # field 54 of a payment: 3 amount blocks + at most 3 purse balances
 
 
-class StaleCard(RuntimeError):
+class StaleCard(Exception):  # not RuntimeError: mypyc cannot compile a subclass of it
     """The card's PIN data changed between PIN verification and the decision: verify again.
 
     Raised inside the ledger transaction, so the job leaves nothing behind."""
