@@ -121,7 +121,10 @@ def build(root: Path = ROOT) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     """Build (default), check or clean; print what was done."""
-    parser = argparse.ArgumentParser(prog="scripts/compile", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="scripts/compile",
+        description="Build (default), check or remove the optional compiled modules (mypyc).",
+    )
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--check", action="store_true", help="is a build present and current?")
     action.add_argument("--clean", action="store_true", help="remove the build")
