@@ -27,10 +27,11 @@ from pathlib import Path
 
 from switch.compiled import (
     GROUP,
-    MANIFEST,
     MODULES,
     PACKAGES,
     ROOT,
+    built_files,
+    manifest_path,
     require_current,
     source_digest,
     source_path,
@@ -50,18 +51,13 @@ setup(
 """
 
 
-def built_files(root: Path = ROOT) -> list[Path]:
-    """Every extension file under the packages (they hold no native code but this build's)."""
-    return sorted(path for package in PACKAGES for path in (root / package).rglob("*.so"))
-
-
 def clean(root: Path = ROOT) -> int:
     """Remove the extension files and the manifest; return how many files went."""
     removed = 0
     for path in built_files(root):
         path.unlink()
         removed += 1
-    manifest = root / MANIFEST.relative_to(ROOT)
+    manifest = manifest_path(root)
     if manifest.exists():
         manifest.unlink()
         removed += 1
@@ -113,9 +109,7 @@ def build(root: Path = ROOT) -> float:
         "python": platform.python_version(),
         "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    (root / MANIFEST.relative_to(ROOT)).write_text(
-        json.dumps(manifest, indent=2) + "\n", encoding="utf-8"
-    )
+    manifest_path(root).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return time.perf_counter() - started
 
 

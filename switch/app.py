@@ -25,7 +25,7 @@ from ledger.store import Store
 from merchants.directory import Directory, Merchant, Terminal
 from merchants.discounts import DiscountRule
 from switch.calendar import BusinessCalendar
-from switch.compiled import state as compiled_state
+from switch.compiled import compiled_modules
 from switch.config import Config
 from switch.dialects import get_dialect
 from switch.dialects.base import Framing
@@ -274,7 +274,7 @@ async def serve(
                 "host": host,
                 "port": port,
                 "dialect": config.switch.dialect,
-                "compiled_modules": len(compiled_state().compiled),  # scripts/compile
+                "compiled_modules": len(compiled_modules()),  # scripts/compile
             },
         )
         if on_ready is not None:

@@ -70,35 +70,40 @@ def source_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def extension_files(module: str, root: Path = ROOT) -> list[Path]:
-    """The extension files this interpreter would import for ``module`` (``.cpython-311-…so``)."""
-    base = root.joinpath(*module.split("."))
-    return [
-        base.with_name(base.name + suffix)
-        for suffix in importlib.machinery.EXTENSION_SUFFIXES
-        if base.with_name(base.name + suffix).is_file()
-    ]
+def manifest_path(root: Path = ROOT) -> Path:
+    """Where the build's manifest is under ``root``."""
+    return root / MANIFEST.relative_to(ROOT)
+
+
+def built_files(root: Path = ROOT) -> list[Path]:
+    """Every extension file under the packages (they hold no native code but this build's)."""
+    return sorted(path for package in PACKAGES for path in (root / package).rglob("*.so"))
+
+
+def compiled_modules(root: Path = ROOT) -> tuple[str, ...]:
+    """The modules this interpreter imports compiled, the shared library aside (no digests
+    checked: :func:`state` does that)."""
+    return tuple(m for m in _found(root) if m != SHARED_LIBRARY)
+
+
+def _found(root: Path) -> list[str]:
+    """The modules of the extension files this interpreter would import, sorted."""
+    modules = (_module_of(path, root) for path in built_files(root))
+    return sorted(module for module in modules if module is not None)
 
 
 def state(root: Path = ROOT) -> BuildState:
     """Compare the extension files and the manifest with the sources under ``root``."""
-    manifest_path = root / MANIFEST.relative_to(ROOT)
-    found = {
-        module
-        for package in PACKAGES
-        for path in (root / package).rglob("*.so")
-        for module in [_module_of(path, root)]
-        if module is not None
-    }
-    compiled = tuple(sorted(m for m in found if m != SHARED_LIBRARY))
+    found = _found(root)
     if not found:
         return BuildState((), ())
+    compiled = tuple(m for m in found if m != SHARED_LIBRARY)
     problems: list[str] = []
+    manifest = manifest_path(root)
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        recorded: dict[str, str] = dict(manifest["sources"])
+        recorded: dict[str, str] = dict(json.loads(manifest.read_text(encoding="utf-8"))["sources"])
     except (OSError, ValueError, KeyError, TypeError) as error:
-        return BuildState(compiled, (f"{manifest_path}: cannot be read ({error})",))
+        return BuildState(compiled, (f"{manifest}: cannot be read ({error})",))
     if SHARED_LIBRARY not in found:
         problems.append(f"the shared library {SHARED_LIBRARY} is missing")
     for module in sorted(set(recorded) | set(compiled)):

@@ -43,6 +43,7 @@ def test_a_current_build_is_accepted(tmp_path: Path) -> None:
     found = require_current(tmp_path)
     assert found.compiled == ("ledger.engine", "switch.codec")
     assert found.problems == ()
+    assert compiled.compiled_modules(tmp_path) == found.compiled  # what honar serve logs
 
 
 def test_an_edited_source_makes_the_build_stale(tmp_path: Path) -> None:
