@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ledger.synthetic import SYNTHETIC_MEMBERS_MAX
 from scripts.bench import cpu_seconds, free_port, honar_command, server_process
 from scripts.load import build_requests, default_stan_start, drive
 from scripts.startup_bench import ledger_directory, prepare
@@ -41,7 +42,6 @@ DURATION_S_MAX = 24 * 3600.0
 RATE_MAX = 5_000.0
 INTERVAL_S_MIN = 1.0
 INTERVAL_S_MAX = 600.0
-MEMBERS_MAX = 1_000_000
 CONNECTIONS_MAX = 256
 TERMINAL = "HNR00004"
 ANSWER_TIMEOUT_S = 5.0
@@ -269,7 +269,7 @@ def check_options(args: argparse.Namespace) -> None:
         ("--duration", args.duration, INTERVAL_S_MIN, DURATION_S_MAX),
         ("--rate", args.rate, 1.0, RATE_MAX),
         ("--interval", args.interval, INTERVAL_S_MIN, INTERVAL_S_MAX),
-        ("--members", args.members, 1, MEMBERS_MAX),
+        ("--members", args.members, 1, SYNTHETIC_MEMBERS_MAX),
         ("--connections", args.connections, 1, CONNECTIONS_MAX),
     ):
         if not low <= value <= high:
