@@ -155,14 +155,14 @@ async def _soak(
         print(HEADER, flush=True)
         started = loop.time()
         for duration in interval_lengths(args.duration, args.interval):
+            if interrupted.is_set():  # before building the interval's requests (seconds of work)
+                return
             count = max(1, int(args.rate * duration))
             requests = build_requests(
                 count, terminal_id=TERMINAL, members=args.members, stan_start=stan
             )
             stan = (stan + count) % 999_999 + 1
             cpu_before = cpu_seconds(process.pid)
-            if interrupted.is_set():
-                return
             interval = asyncio.ensure_future(
                 drive(
                     "127.0.0.1",
