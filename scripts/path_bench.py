@@ -20,6 +20,7 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -35,14 +36,18 @@ def thread_cpu_s(native_id: int) -> float:
     return stat_cpu_seconds(f"/proc/self/task/{native_id}/stat")
 
 
-async def _drive(app: Any, payloads: list[bytes], in_flight: int) -> float:
-    service = app.service
+async def drive_handler(
+    handle: Callable[[bytes, str], Awaitable[bytes | None]], payloads: list[bytes], in_flight: int
+) -> float:
+    """Hand ``payloads`` to ``handle`` (a :class:`switch.service.Service`'s ``handle``, or a
+    server handler of the same shape), ``in_flight`` at a time; the seconds it took. Raises
+    RuntimeError unless every request was answered."""
     queue = iter(payloads)
     codes: dict[str, int] = {}
 
     async def worker() -> None:
         for payload in queue:
-            answer = await service.handle(payload, peer="bench")
+            answer = await handle(payload, "bench")
             if answer is None:
                 codes["none"] = codes.get("none", 0) + 1
             else:
@@ -60,6 +65,18 @@ def run(
     count: int, in_flight: int, warmup: int, log_level: str, terminal: str = "HNR00004"
 ) -> dict[str, Any]:
     """Build a switch on a fresh ledger, push ``count`` purchases through it, measure."""
+    stan = default_stan_start()
+    warm = build_requests(warmup, terminal_id=terminal, stan_start=stan)
+    payloads = build_requests(count, terminal_id=terminal, stan_start=stan + warmup)
+    return measure(warm, payloads, in_flight, log_level)
+
+
+def measure(
+    warm: list[bytes], payloads: list[bytes], in_flight: int, log_level: str
+) -> dict[str, Any]:
+    """Push the pre-built ``warm`` requests, then ``payloads``, through a switch on a fresh
+    ledger with the demo data; measure the second part. The requests are built by the caller,
+    so that their building (a PIN block and a MAC each) is not counted with the switch."""
     from switch.app import build_app
     from switch.logs import setup_logging
 
@@ -74,19 +91,22 @@ def run(
         )
         app = build_app(config)
         try:
-            stan = default_stan_start()
-            warm = build_requests(warmup, terminal_id=terminal, stan_start=stan)
-            payloads = build_requests(count, terminal_id=terminal, stan_start=stan + warmup)
-            asyncio.run(_drive(app, warm, in_flight))
+            service = app.service
+
+            def handle(payload: bytes, peer: str) -> Awaitable[bytes | None]:
+                return service.handle(payload, peer=peer)  # as switch.app's server calls it
+
+            asyncio.run(drive_handler(handle, warm, in_flight))
             loop_id = threading.get_native_id()
             commit_id = app.committer._worker.native_id or 0
             batches0 = app.committer.batches
             cpu0 = thread_cpu_s(loop_id), thread_cpu_s(commit_id)
-            elapsed = asyncio.run(_drive(app, payloads, in_flight))
+            elapsed = asyncio.run(drive_handler(handle, payloads, in_flight))
             cpu1 = thread_cpu_s(loop_id), thread_cpu_s(commit_id)
             batches = app.committer.batches - batches0  # one job per purchase
         finally:
             app.close()
+    count = len(payloads)
     return {
         "purchases": count,
         "in_flight": in_flight,
