@@ -24,6 +24,7 @@ from scripts.instr_split import (
     UNKNOWN,
     CallgrindFormatError,
     Options,
+    build_label,
     check_options,
     object_costs,
     part_of,
@@ -160,9 +161,21 @@ def test_report_states_the_ratio_and_the_floor() -> None:
     assert f"{total / 1000:.1f}" in text.splitlines()[-3]  # the total row
     assert f"baseline/switch in instructions: {160_000 / total:.3f}" in text
     native = sum(switch[part] for part in NATIVE_PARTS)
-    assert f"allow the switch {2 * 160_000 / 1000:.1f} K" in text
-    assert f"take {native / 1000:.1f} K" in text
+    assert f"allows the switch {2 * 160_000 / 1000:.1f} K" in text
+    assert f"JSON encoder take {native / 1000:.1f} K" in text
+    assert f"with no other work at all the ratio would be {160_000 / native:.2f}" in text
     assert "compiled modules" not in text  # parts that are 0 everywhere are left out
+
+
+def test_report_shows_noise_as_zero_and_names_the_build() -> None:
+    switch = dict.fromkeys(PARTS, 0.0) | {INTERPRETER: 1_000_000.0, OPENSSL: -20.0}
+    baseline = dict.fromkeys(PARTS, 0.0) | {INTERPRETER: 100_000.0, OPENSSL: -0.4}
+    text = report({"switch": switch, "baseline": baseline}, Options(), build_label(("a", "b")))
+    rows = [line.split()[0] for line in text.splitlines()[2:-2]]
+    assert rows == ["interpreter", "total"]  # OpenSSL's -0.02 K and -0.0004 K are noise
+    assert "-0.0" not in text
+    assert text.splitlines()[0].endswith("no network; compiled build, 2 modules)")
+    assert build_label(()) == "from the sources"
 
 
 def test_requests_files_round_trip_and_a_cut_off_file(tmp_path: Path) -> None:
