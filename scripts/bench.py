@@ -46,6 +46,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import iso8583
+
 from scripts.crash_test import fresh_database
 from scripts.load import LoadResult, build_requests, default_stan_start, drive
 from switch.codec import Message, decode, encode
@@ -114,9 +116,34 @@ QUICK = Profile(
 # --- the baseline server ---------------------------------------------------------------------
 
 
-def baseline_handler() -> Any:
-    """Decode, set 39 = 00, encode the response: the codec's share of the switch's work."""
+BASELINE_CODECS = ("switch", "pyiso8583")
+
+
+def baseline_handler(codec: str = "switch") -> Any:
+    """Decode, set 39 = 00, encode the response: the codec's share of the switch's work.
+
+    ``codec`` "switch" is the switch's own codec (:mod:`switch.codec`, the baseline of record);
+    "pyiso8583" calls pyiso8583's ``decode``/``encode`` on the same dialect's spec directly,
+    the codec that DESIGN.md's figures and reference/python-peers.md were measured with. Both
+    answer a valid request with the same bytes (a test holds them to it)."""
     dialect = get_dialect("shetab87")
+    if codec == "pyiso8583":
+        spec = dialect.pyiso_spec
+        echo = [str(number) for number in sorted(dialect.echo_fields)]
+
+        async def handle_pyiso(payload: bytes, peer: str) -> bytes | None:
+            request, _ = iso8583.decode(payload, spec)
+            fields = {key: request[key] for key in echo if key in request}
+            fields["t"] = dialect.response_mti.get(request["t"], "0210")
+            fields["39"] = "00"
+            raw, _ = iso8583.encode(fields, spec)
+            return bytes(raw)
+
+        return handle_pyiso
+    if codec != "switch":
+        raise ValueError(
+            f"baseline codec must be one of {', '.join(BASELINE_CODECS)}, got {codec!r}"
+        )
 
     async def handle(payload: bytes, peer: str) -> bytes | None:
         request = decode(payload, dialect)
@@ -127,9 +154,9 @@ def baseline_handler() -> Any:
     return handle
 
 
-async def serve_baseline(host: str, port: int) -> None:
+async def serve_baseline(host: str, port: int, codec: str = "switch") -> None:
     """Run the baseline server until SIGTERM/SIGINT."""
-    server = SwitchServer(baseline_handler(), framing=Framing.ASCII4, limits=ServerLimits())
+    server = SwitchServer(baseline_handler(codec), framing=Framing.ASCII4, limits=ServerLimits())
     bound = await server.start(host, port)
     print(f"baseline listening on {bound[0]}:{bound[1]}", flush=True)
     stop = asyncio.Event()
@@ -512,7 +539,7 @@ def switch_command(port: int, data_dir: Path, log_level: str, ledger_url: str = 
     return command
 
 
-def table(rows: list[Row]) -> str:
+def table(rows: list[Row], baseline_codec: str = "switch") -> str:
     """The rows as a fixed-width table, then the full/baseline ratios."""
     head = (
         f"{'server':<9} {'phase':<14} {'answered':>9} {'approved':>9} {'lost':>6} {'per s':>8} "
@@ -542,6 +569,7 @@ def table(rows: list[Row]) -> str:
             lines.append(
                 f"full/baseline: throughput {full.result.throughput / base.result.throughput:.3f}, "
                 f"CPU per answer {full.cpu_ms_per_answer / max(base.cpu_ms_per_answer, 1e-9):.1f}x"
+                + ("" if baseline_codec == "switch" else f" (baseline codec {baseline_codec})")
             )
     if "switch" in saturated:
         row = saturated["switch"]
@@ -664,6 +692,8 @@ async def run_bench(args: argparse.Namespace) -> int:
                         "baseline-server",
                         "--port",
                         str(port),
+                        "--codec",
+                        args.baseline_codec,
                     ]
                 elif name == "switch":
                     command = switch_command(port, workdir / name, args.server_log_level)
@@ -675,18 +705,14 @@ async def run_bench(args: argparse.Namespace) -> int:
                     server_process(command, port, workdir / f"{name}.log", pin=cpu)
                 )
                 rows += await bench.run(name, port, process.pid)
-    print(table(rows))
+    print(table(rows, args.baseline_codec))
     placement = "server on CPU 0, generator on CPU 1" if pin else "not pinned"
     if postgres:
         placement += ", PostgreSQL not pinned"
     print(
         f"(profile {'quick' if args.quick else 'full'}: warm-up {profile.warmup_s:g} s, "
         f"closed loop {profile.measure_s:g} s with {profile.in_flight} in flight"
-        + (
-            f" and again with {profile.saturated_in_flight}"
-            if profile.saturated_in_flight
-            else ""
-        )
+        + (f" and again with {profile.saturated_in_flight}" if profile.saturated_in_flight else "")
         + f", {profile.rate:g}/s for {profile.rate_s:g} s; "
         f"{profile.connections} connections; switch log level {args.server_log_level}; "
         f"{placement}; {time.monotonic() - started:.1f} s in all)"
@@ -749,6 +775,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--rate", type=float, help="offered rate of the open-loop phase (default 1000/s)"
     )
     parser.add_argument("--only", choices=SERVERS, help="run one server (or phase) only")
+    parser.add_argument(
+        "--baseline-codec",
+        choices=BASELINE_CODECS,
+        default="switch",
+        help="the baseline server's codec: the switch's own (default), or pyiso8583 called "
+        "directly, for comparison with DESIGN.md's figures",
+    )
     parser.add_argument("--terminal", default="HNR00004", help="demo terminal id")
     parser.add_argument(
         "--server-log-level", default="INFO", help="the switch's log level (default INFO)"
@@ -788,8 +821,9 @@ def main(argv: list[str] | None = None) -> int:
         server_parser = argparse.ArgumentParser(prog="python -m scripts.bench baseline-server")
         server_parser.add_argument("--host", default="127.0.0.1")
         server_parser.add_argument("--port", type=int, required=True)
+        server_parser.add_argument("--codec", choices=BASELINE_CODECS, default="switch")
         options = server_parser.parse_args(argv[1:])
-        asyncio.run(serve_baseline(options.host, options.port))
+        asyncio.run(serve_baseline(options.host, options.port, options.codec))
         return 0
     parser = argparse.ArgumentParser(prog="python -m scripts.bench", description=__doc__)
     add_arguments(parser)

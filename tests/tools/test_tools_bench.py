@@ -190,3 +190,35 @@ def _running(pid: int) -> bool:
         return False
     state = next(line for line in status.splitlines() if line.startswith("State:"))
     return "zombie" not in state
+
+
+def test_the_two_baseline_codecs_answer_alike() -> None:
+    """pyiso8583 called directly and the switch's codec give the same bytes for each request."""
+    import asyncio
+
+    from scripts.bench import baseline_handler
+    from scripts.load import build_requests, default_stan_start
+    from switch.codec import decode
+    from switch.dialects import get_dialect
+
+    requests = build_requests(20, terminal_id="HNR00001", stan_start=default_stan_start())
+    ours, pyiso = baseline_handler("switch"), baseline_handler("pyiso8583")
+
+    async def answers(handle: object) -> list[bytes]:
+        return [await handle(payload, "test") for payload in requests]  # type: ignore[operator]
+
+    expected = asyncio.run(answers(ours))
+    assert asyncio.run(answers(pyiso)) == expected
+    first = decode(expected[0], get_dialect("shetab87"))
+    assert (first.mti, first.fields[39]) == ("0210", "00")
+    assert first.fields[11] == decode(requests[0], get_dialect("shetab87")).fields[11]
+    with pytest.raises(ValueError, match="baseline codec must be one of switch, pyiso8583"):
+        baseline_handler("fast")
+
+
+def test_bench_with_the_pyiso8583_baseline() -> None:
+    done = _bench("--quick", "--no-postgres", "--only", "baseline", "--baseline-codec", "pyiso8583")
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.split() for line in done.stdout.splitlines() if line.startswith("baseline ")]
+    assert [row[1:3] for row in rows] == [["closed", "8x4"], ["closed", "8x16"], ["open", "1000/s"]]
+    assert all(int(row[3]) > 0 and row[3] == row[4] for row in rows), rows  # all approved (00)
