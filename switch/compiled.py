@@ -9,7 +9,9 @@ with the sources and the extension files present; ``honar`` and the test suite r
 a mismatch (:func:`require_current`). ``scripts/compile --clean`` removes the build.
 
 Not compiled: everything else, and ``switch/logs.py`` in particular, whose compiled form made
-the test suite's process crash in the garbage collector (docs/operations.md).
+the test suite's process crash in the garbage collector: mypyc's generated ``clear`` of a
+compiled ``logging.StreamHandler`` subclass releases a weak reference that the logging module's
+``WeakSet`` still holds (docs/operations.md).
 """
 
 from __future__ import annotations
