@@ -394,11 +394,19 @@ def build_label(modules: Sequence[str]) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The command's options."""
     defaults = Options()
-    parser.add_argument("--small", type=int, default=defaults.small, help="requests, first run")
-    parser.add_argument("--large", type=int, default=defaults.large, help="requests, second run")
-    parser.add_argument("--warmup", type=int, default=defaults.warmup, help="requests first")
-    parser.add_argument("--in-flight", type=int, default=defaults.in_flight)
-    parser.add_argument("--terminal", default=defaults.terminal, help="demo terminal")
+    parser.add_argument(
+        "--small", type=int, default=defaults.small, help="requests in the first run (500)"
+    )
+    parser.add_argument(
+        "--large", type=int, default=defaults.large, help="requests in the second run (2500)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=defaults.warmup, help="requests before either (100)"
+    )
+    parser.add_argument(
+        "--in-flight", type=int, default=defaults.in_flight, help="concurrent requests (64)"
+    )
+    parser.add_argument("--terminal", default=defaults.terminal, help="demo terminal (HNR00004)")
     parser.add_argument(
         "--log-level", default=defaults.log_level, help="the switch's log level (default INFO)"
     )
