@@ -46,11 +46,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import iso8583
-
 from scripts.crash_test import fresh_database
 from scripts.load import LoadResult, build_requests, default_stan_start, drive
-from switch.codec import Message, decode, encode
+from switch.codec import Message, decode, decode_plain, encode, encode_plain
 from switch.dialects import get_dialect
 from switch.dialects.base import Framing
 from switch.server import ServerLimits, SwitchServer
@@ -128,16 +126,14 @@ def baseline_handler(codec: str = "switch") -> Any:
     answer a valid request with the same bytes (a test holds them to it)."""
     dialect = get_dialect("shetab87")
     if codec == "pyiso8583":
-        spec = dialect.pyiso_spec
         echo = [str(number) for number in sorted(dialect.echo_fields)]
 
         async def handle_pyiso(payload: bytes, peer: str) -> bytes | None:
-            request, _ = iso8583.decode(payload, spec)
+            request = decode_plain(payload, dialect)
             fields = {key: request[key] for key in echo if key in request}
             fields["t"] = dialect.response_mti.get(request["t"], "0210")
             fields["39"] = "00"
-            raw, _ = iso8583.encode(fields, spec)
-            return bytes(raw)
+            return encode_plain(fields, dialect)
 
         return handle_pyiso
     if codec != "switch":

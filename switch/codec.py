@@ -229,6 +229,22 @@ def _encode_checked(message: Message, dialect: Dialect) -> bytes:
     return bytes(raw)
 
 
+def decode_plain(raw: bytes, dialect: Dialect) -> dict[str, str]:
+    """pyiso8583's own ``decode`` on the dialect's spec and nothing more: no dialect checks, no
+    fast path; keys as pyiso8583 has them ("t", "2".."128"). Only for comparing codecs
+    (``honar bench --baseline-codec pyiso8583``); raises pyiso8583's DecodeError, a ValueError."""
+    doc_dec, _ = iso8583.decode(raw, dialect.pyiso_spec)
+    return _strs(doc_dec)
+
+
+def encode_plain(fields: dict[str, str], dialect: Dialect) -> bytes:
+    """pyiso8583's own ``encode`` of ``fields`` (keyed as :func:`decode_plain` gives them) on the
+    dialect's spec and nothing more; for comparing codecs, as :func:`decode_plain`. Raises
+    pyiso8583's EncodeError, a ValueError."""
+    raw, _ = iso8583.encode(fields, dialect.pyiso_spec)
+    return bytes(raw)
+
+
 def mac_field_of(message: Message) -> int:
     """The MAC field a message carries: 128 when any field 65-128 is present, else 64."""
     return 128 if any(number > 64 for number in message.fields if number != 128) else 64

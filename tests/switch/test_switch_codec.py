@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from switch.codec import CodecError, Message, check_field, decode, encode
+from switch.codec import (
+    CodecError,
+    Message,
+    check_field,
+    decode,
+    decode_plain,
+    encode,
+    encode_plain,
+)
 from switch.dialects import get_dialect
 from switch.dialects.shetab87 import SHETAB87
 
@@ -372,3 +380,14 @@ def test_empty_secondary_bitmap_rejected() -> None:
     with pytest.raises(CodecError) as caught:
         decode(raw, SHETAB87)
     assert caught.value.field == "1"
+
+
+def test_plain_pyiso8583_round_trip_matches_the_codec() -> None:
+    """decode_plain / encode_plain (pyiso8583 alone, for codec comparisons) read and write the
+    same bytes as the switch's codec, with pyiso8583's string keys."""
+    plain = decode_plain(PURCHASE_RAW, SHETAB87)
+    assert plain["t"] == "0200"
+    assert {key: plain[str(key)] for key in PURCHASE_FIELDS} == PURCHASE_FIELDS
+    assert encode_plain(plain, SHETAB87) == PURCHASE_RAW
+    with pytest.raises(ValueError, match="field 2 pos 22"):
+        decode_plain(PURCHASE_RAW[:22], SHETAB87)
