@@ -77,6 +77,8 @@ def measure(
     """Push the pre-built ``warm`` requests, then ``payloads``, through a switch on a fresh
     ledger with the demo data; measure the second part. The requests are built by the caller,
     so that their building (a PIN block and a MAC each) is not counted with the switch."""
+    if not payloads:
+        raise ValueError("path_bench: no requests to measure")
     from switch.app import build_app
     from switch.logs import setup_logging
 

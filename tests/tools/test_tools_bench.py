@@ -222,3 +222,10 @@ def test_bench_with_the_pyiso8583_baseline() -> None:
     rows = [line.split() for line in done.stdout.splitlines() if line.startswith("baseline ")]
     assert [row[1:3] for row in rows] == [["closed", "8x4"], ["closed", "8x16"], ["open", "1000/s"]]
     assert all(int(row[3]) > 0 and row[3] == row[4] for row in rows), rows  # all approved (00)
+
+
+def test_path_bench_measure_needs_requests() -> None:
+    from scripts.path_bench import measure
+
+    with pytest.raises(ValueError, match="no requests to measure"):
+        measure([], [], 1, "INFO")
