@@ -240,8 +240,9 @@ def decode_plain(raw: bytes, dialect: Dialect) -> dict[str, str]:
 def encode_plain(fields: dict[str, str], dialect: Dialect) -> bytes:
     """pyiso8583's own ``encode`` of ``fields`` (keyed as :func:`decode_plain` gives them) on the
     dialect's spec and nothing more; for comparing codecs, as :func:`decode_plain`. Raises
-    pyiso8583's EncodeError, a ValueError."""
-    raw, _ = iso8583.encode(fields, dialect.pyiso_spec)
+    pyiso8583's EncodeError, a ValueError. ``fields`` is left as it was (pyiso8583's encode
+    writes the bitmaps into the mapping it is given: it gets a copy)."""
+    raw, _ = iso8583.encode(dict(fields), dialect.pyiso_spec)
     return bytes(raw)
 
 

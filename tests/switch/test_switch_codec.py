@@ -389,5 +389,8 @@ def test_plain_pyiso8583_round_trip_matches_the_codec() -> None:
     assert plain["t"] == "0200"
     assert {key: plain[str(key)] for key in PURCHASE_FIELDS} == PURCHASE_FIELDS
     assert encode_plain(plain, SHETAB87) == PURCHASE_RAW
+    without_bitmap = {key: value for key, value in plain.items() if key != "p"}
+    assert encode_plain(without_bitmap, SHETAB87) == PURCHASE_RAW
+    assert "p" not in without_bitmap  # pyiso8583 writes the bitmap into a copy, not into it
     with pytest.raises(ValueError, match="field 2 pos 22"):
         decode_plain(PURCHASE_RAW[:22], SHETAB87)
