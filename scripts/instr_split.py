@@ -432,6 +432,9 @@ def main_with(args: argparse.Namespace) -> int:
     except ToolMissing as error:
         print(f"honar instr-split: {error}", file=sys.stderr)
         return 2
+    except RuntimeError as error:  # a measured run failed: its last lines of stderr are in it
+        print(f"honar instr-split: {error}", file=sys.stderr)
+        return 1
     build = build_label(compiled_modules())
     if args.json:
         print(json.dumps({"build": build, "options": vars(options), "per_request": results}))

@@ -252,3 +252,19 @@ def test_a_real_callgrind_file(tmp_path: Path) -> None:
     assert parts[JSON_ENCODER] > 1_000_000
     assert parts[INTERPRETER] > parts[JSON_ENCODER] / 10
     assert parts[UNKNOWN] < sum(parts.values()) / 100
+
+
+def test_a_failed_measured_run_is_reported_with_its_stderr(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A child that fails under valgrind: exit 1 and the end of its stderr, no traceback."""
+
+    def failing_run(*_args: object, **_kwargs: object) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess([], 1, "", "Traceback ...\nValueError: bad request")
+
+    monkeypatch.setattr(instr_split.shutil, "which", lambda _name: "/usr/bin/valgrind")
+    monkeypatch.setattr(instr_split.subprocess, "run", failing_run)
+    assert main(["instr-split", "--small", "1", "--large", "2", "--warmup", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "the switch run under callgrind failed (1):" in err
+    assert err.rstrip().endswith("ValueError: bad request")
