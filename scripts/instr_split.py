@@ -308,10 +308,9 @@ def check_options(options: Options) -> None:
 def measure(options: Options, kinds: Sequence[str] = KINDS) -> dict[str, dict[str, float]]:
     """Instructions per request and part, for each of ``kinds``."""
     check_options(options)
-    missing = [tool for tool in ("valgrind",) if shutil.which(tool) is None]
-    if missing:
+    if shutil.which("valgrind") is None:
         raise ToolMissing(
-            f"{', '.join(missing)} is not installed (apt-get install -y valgrind); "
+            "valgrind is not installed (apt-get install -y valgrind); "
             "instr-split runs the switch under valgrind's callgrind"
         )
     stan = default_stan_start()
